@@ -1,0 +1,27 @@
+# Two entry points: `make run` starts the local 3-node cluster, `make test` runs every test.
+# Both create or refresh the virtualenv .venv first.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test venv lint clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/python bin/caddy-node topologies/local-3.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check caddy actors bin tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info
