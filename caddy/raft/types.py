@@ -42,7 +42,8 @@ class Membership:
 
     voters: frozenset[str] = field(default_factory=frozenset)
     learners: frozenset[str] = field(default_factory=frozenset)
-    witnesses: frozenset[str] = field(default_factory=frozenset)  # voters that never lead or apply
+    # Witnesses are disjoint from voters: they vote and count for quorum, never lead, never apply.
+    witnesses: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True, slots=True)
