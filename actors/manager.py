@@ -1,0 +1,113 @@
+"""`ClusterManager`: spawns, wires, starts and stops the actors and the I/O thread of one node.
+
+A user's program runs a node with `ClusterManager(node_id, config).start()`; `caddy-node` does the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pykka
+
+from actors.client_endpoint import ClientEndpointActor
+from actors.ticker import Ticker
+from actors.transport import Transport
+from caddy.config import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+
+class ClusterManager:
+    """One node: its transport, ticker and actors. `start()` then `stop()`; safe to stop twice."""
+
+    def __init__(self, node_id: str, config: ClusterConfig) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.node_config = config.node(node_id)
+        self.transport = Transport(config, node_id)
+        self.ticker = Ticker(config.tick_ms, name=f"caddy-ticker-{node_id}")
+        self._actors: list[pykka.ActorRef] = []
+        self._started_at: float | None = None
+        self._running = False
+
+    def start(self) -> ClusterManager:
+        self._started_at = time.monotonic()
+        endpoint = ClientEndpointActor.start(self.transport, self.status, self.members)
+        self._actors.append(endpoint)
+        self.transport.register("client", endpoint.tell)
+        self.transport.start()
+        self.ticker.start()
+        self._running = True
+        log.info("node %s: started (peer %s, client %s)", self.node_id,
+                 self.node_config.address, self.node_config.client_address)
+        return self
+
+    def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self.ticker.stop()
+        for actor in reversed(self._actors):
+            actor.stop(block=True, timeout=5)
+        self._actors.clear()
+        self.transport.stop()
+        log.info("node %s: stopped", self.node_id)
+
+    def __enter__(self) -> ClusterManager:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ----- accessors (filled by the Raft, gossip, balancing, fencing and failover subsystems) ---
+
+    def raft(self) -> pykka.ActorProxy | None:
+        return None
+
+    def membership(self) -> pykka.ActorProxy | None:
+        return None
+
+    def load_balancer(self) -> pykka.ActorProxy | None:
+        return None
+
+    def fencing(self) -> pykka.ActorProxy | None:
+        return None
+
+    def failover(self) -> pykka.ActorProxy | None:
+        return None
+
+    # ----- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The node's status document (CONTRACT section 4), safe to call from any thread."""
+        peers = self.transport.peer_stats()
+        uptime = time.monotonic() - self._started_at if self._started_at else 0.0
+        return {
+            "id": self.node_id,
+            "cluster": self.config.cluster,
+            "role": self.node_config.role,
+            "uptime_s": round(uptime, 3),
+            "peers": {
+                peer_id: {
+                    "hearing": stats.hearing,
+                    "connected": stats.connected,
+                    "last_heard_s": stats.last_heard_s,
+                    "msgs_in": stats.msgs_in,
+                    "msgs_out": stats.msgs_out,
+                    "drops_out": stats.drops_out,
+                }
+                for peer_id, stats in peers.items()
+            },
+            "dropped": self.transport.drop_counts(),
+        }
+
+    def members(self) -> dict[str, Any]:
+        """The membership view, one entry per node."""
+        peers = self.transport.peer_stats()
+        view = {self.node_id: {"address": self.node_config.address, "state": "alive"}}
+        for peer in self.config.peers_of(self.node_id):
+            hearing = peers[peer.id].hearing
+            view[peer.id] = {"address": peer.address, "state": "alive" if hearing else "suspect"}
+        return {"members": view}

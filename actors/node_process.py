@@ -1,0 +1,183 @@
+"""`caddy-node`: run one node in the foreground, or supervise every node of a topology.
+
+Exit status (CONTRACT section 2): 0 clean stop, 2 invalid arguments or topology, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from caddy.config import ClusterConfig, ConfigError, load_topology
+
+log = logging.getLogger("caddy.node")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+CHILD_STOP_GRACE_S = 10.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+class _UsageParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 with usage: keep that, no traceback
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _UsageParser(
+        prog="caddy-node",
+        description="Run one CADDY node (--node), or every node of TOPOLOGY as child processes.",
+    )
+    parser.add_argument("topology", help="topology YAML file")
+    parser.add_argument("--node", help="run only this node, in the foreground")
+    parser.add_argument("--data-dir", help="override the topology's data_dir")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_topology(args.topology)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_USAGE
+    if args.data_dir:
+        config = dataclasses.replace(config, data_dir=Path(args.data_dir).resolve())
+    if args.node is None:
+        _configure_logging("supervisor", args.log_level)
+        return Supervisor(args, config).run()
+    if args.node not in {node.id for node in config.nodes}:
+        known = ", ".join(node.id for node in config.nodes)
+        print(f"caddy-node: --node: no node {args.node!r} in {args.topology} (nodes: {known})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(args.node, args.log_level)
+    return run_node(args.node, config)
+
+
+def _configure_logging(node_label: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s [{node_label}] %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _stop_event_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def run_node(node_id: str, config: ClusterConfig) -> int:
+    """Run one node until SIGTERM or SIGINT, then stop it gracefully."""
+    import pykka
+
+    from actors.manager import ClusterManager  # imported here: supervisor mode needs no zmq
+
+    stop = _stop_event_on_signals()
+    manager = ClusterManager(node_id, config)
+    try:
+        manager.start()
+    except Exception as error:
+        log.error("cannot start: %s", error)
+        manager.stop()
+        pykka.ActorRegistry.stop_all()
+        return EXIT_FAILURE
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        manager.stop()
+        pykka.ActorRegistry.stop_all()
+    return EXIT_OK
+
+
+class Supervisor:
+    """Starts every node as a child process, reports exits, and stops them all on a signal."""
+
+    def __init__(self, args: argparse.Namespace, config: ClusterConfig) -> None:
+        self._args = args
+        self._config = config
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _command(self, node_id: str) -> list[str]:
+        command = [sys.executable, "-m", "actors.node_process", self._args.topology,
+                   "--node", node_id, "--log-level", self._args.log_level]
+        if self._args.data_dir:
+            command += ["--data-dir", self._args.data_dir]
+        return command
+
+    def run(self) -> int:
+        stop = _stop_event_on_signals()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        for node in self._config.nodes:
+            self._children[node.id] = subprocess.Popen(
+                self._command(node.id), env=env, preexec_fn=_die_with_parent
+            )
+            log.info("started node %s (pid %d)", node.id, self._children[node.id].pid)
+        reported: set[str] = set()
+        while not stop.wait(0.2):
+            for node_id, child in self._children.items():
+                if child.poll() is not None and node_id not in reported:
+                    reported.add(node_id)
+                    log.warning("node %s exited with status %d", node_id, child.returncode)
+            if len(reported) == len(self._children):
+                log.error("every node has exited")
+                return EXIT_FAILURE
+        return self._stop_children()
+
+    def _stop_children(self) -> int:
+        for child in self._children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + CHILD_STOP_GRACE_S
+        status = EXIT_OK
+        for node_id, child in self._children.items():
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("node %s did not stop in %.0f s; killing it", node_id, CHILD_STOP_GRACE_S)
+                child.kill()
+                child.wait()
+            if child.returncode not in (0, -signal.SIGTERM):
+                status = EXIT_FAILURE
+        log.info("all nodes stopped")
+        return status
+
+
+def _die_with_parent() -> None:
+    """Child side: get SIGTERM when the supervisor dies, even by SIGKILL (Linux prctl)."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""The node's one I/O thread: it owns every ZeroMQ socket (peer ROUTER, client ROUTER, a DEALER per peer).
+
+Other threads hand it frames through a queue plus an eventfd wake-up; inbound frames are decoded,
+checked and handed to the handler registered for their kind's prefix (normally an actor's `tell`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from caddy.config import ClusterConfig
+from caddy.errors import WireError
+from caddy.wire import Codec, Envelope
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_KIND = "transport.heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRoute:
+    """Where a client request came from, so that its response can be routed back."""
+
+    identity: bytes
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A decoded inbound message; `route` is set for client requests, None for peer messages."""
+
+    envelope: Envelope
+    route: ClientRoute | None = None
+
+
+Handler = Callable[[Inbound], None]
+
+
+@dataclass(slots=True)
+class PeerStats:
+    """What the transport knows of one peer; `hearing` means a frame arrived recently."""
+
+    peer: str
+    address: str
+    connected: bool = False
+    hearing: bool = False
+    last_heard_s: float | None = None  # seconds since the last frame from this peer
+    msgs_in: int = 0
+    bytes_in: int = 0
+    msgs_out: int = 0
+    bytes_out: int = 0
+    drops_out: int = 0
+
+
+@dataclass(slots=True)
+class _Peer:
+    stats: PeerStats
+    socket: zmq.Socket
+    monitor: zmq.Socket
+    last_heard: float | None = None
+
+
+def connect_endpoint(own_address: str, peer_address: str) -> str:
+    """`tcp://SRC:0;DST:PORT` when our own address names a specific IP (CONTRACT section 1)."""
+    own_host = urlsplit(own_address).hostname or ""
+    parts = own_host.split(".")
+    is_ipv4 = len(parts) == 4 and all(p.isdigit() for p in parts)
+    if not is_ipv4 or own_host == "0.0.0.0":
+        return peer_address
+    return f"tcp://{own_host}:0;{peer_address.removeprefix('tcp://')}"
+
+
+class Transport:
+    """All ZeroMQ I/O of one node, in one thread. Every public method is thread-safe.
+
+    Handlers run on the I/O thread and must not block: they should `tell` an actor.
+    """
+
+    def __init__(self, config: ClusterConfig, node_id: str, context: zmq.Context | None = None):
+        self._config = config
+        self._node = config.node(node_id)
+        self._settings = config.transport
+        self.node_id = node_id
+        self.codec = Codec(
+            cluster=config.cluster,
+            sender=node_id,
+            max_message_bytes=self._settings.max_message_bytes,
+            compress_threshold=(
+                config.replication.compression_threshold_bytes
+                if config.replication.compression
+                else None
+            ),
+        )
+        self._context = context or zmq.Context.instance()
+        self._handlers: dict[str, Handler] = {}
+        self._outbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_pending = False
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards the stats that other threads read
+        self._peers: dict[str, _Peer] = {}
+        self.dropped: Counter[str] = Counter()  # inbound drops by reason, outbound by peer
+        self.started_at = time.monotonic()
+        self._startup_error: BaseException | None = None
+
+    # ----- set-up -----------------------------------------------------------------------------
+
+    def register(self, kind_prefix: str, handler: Handler) -> None:
+        """Deliver every inbound kind `PREFIX.*` to `handler`. Register before `start()`."""
+        self._handlers[kind_prefix] = handler
+
+    def start(self) -> None:
+        """Bind and connect every socket in the I/O thread; raises if binding failed."""
+        self._thread = threading.Thread(
+            target=self._run, name=f"caddy-io-{self.node_id}", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            raise self._startup_error
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        os.close(self._wake_fd)
+
+    # ----- what other threads call ------------------------------------------------------------
+
+    def send(self, peer: str, kind: str, body: Mapping[str, Any]) -> None:
+        """Queue one message to a peer; never blocks. Undeliverable messages are counted as drops."""
+        self._outbox.put(("peer", peer, kind, body))
+        self._wake()
+
+    def broadcast(self, kind: str, body: Mapping[str, Any]) -> None:
+        for peer in self._config.peers_of(self.node_id):
+            self.send(peer.id, kind, body)
+
+    def reply(self, route: ClientRoute, kind: str, body: Mapping[str, Any]) -> None:
+        """Answer a client request; the response carries the request's correlation id."""
+        self._outbox.put(("client", route, kind, body))
+        self._wake()
+
+    def peer_stats(self) -> dict[str, PeerStats]:
+        now = time.monotonic()
+        silence = self._settings.peer_silence_ms / 1000
+        with self._lock:
+            result = {}
+            for peer_id, peer in self._peers.items():
+                stats = dataclasses.replace(peer.stats)
+                if peer.last_heard is not None:
+                    stats.last_heard_s = round(now - peer.last_heard, 3)
+                    stats.hearing = now - peer.last_heard < silence
+                result[peer_id] = stats
+            return result
+
+    def drop_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.dropped)
+
+    # ----- the I/O thread ---------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        # Coalesce wake-ups: the I/O thread clears the flag before draining the queue.
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:  # closed after stop(); nothing left to wake
+                pass
+
+    def _run(self) -> None:
+        try:
+            self._open_sockets()
+        except BaseException as error:  # bind failures are reported to start()'s caller
+            self._startup_error = error
+            self._close_sockets()
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop()
+        except Exception:
+            log.exception("node %s: I/O thread failed", self.node_id)
+            raise
+        finally:
+            self._close_sockets()
+
+    def _open_sockets(self) -> None:
+        s = self._settings
+        self._peer_router = self._context.socket(zmq.ROUTER)
+        self._client_router = self._context.socket(zmq.ROUTER)
+        for router in (self._peer_router, self._client_router):
+            router.setsockopt(zmq.LINGER, 0)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            router.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes + 1024)
+            router.setsockopt(zmq.SNDHWM, s.send_hwm)
+            router.setsockopt(zmq.RCVHWM, s.send_hwm)
+            router.setsockopt(zmq.HEARTBEAT_IVL, s.keep_alive_ms)
+            router.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.keep_alive_ms * 3)
+        self._peer_router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._peer_router.bind(self._node.address)
+        self._client_router.bind(self._node.client_address)
+        for peer in self._config.peers_of(self.node_id):
+            dealer = self._context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.ROUTING_ID, self.node_id.encode())
+            dealer.setsockopt(zmq.SNDHWM, s.send_hwm)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a peer that is not connected
+            dealer.setsockopt(zmq.RECONNECT_IVL, s.reconnect_ivl_ms)
+            dealer.setsockopt(zmq.RECONNECT_IVL_MAX, s.reconnect_ivl_max_ms)
+            dealer.setsockopt(zmq.CONNECT_TIMEOUT, s.connect_timeout_ms)
+            dealer.setsockopt(zmq.HEARTBEAT_IVL, s.keep_alive_ms)
+            dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.keep_alive_ms * 3)
+            dealer.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            monitor = dealer.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            dealer.connect(connect_endpoint(self._node.address, peer.address))
+            self._peers[peer.id] = _Peer(PeerStats(peer.id, peer.address), dealer, monitor)
+
+    def _close_sockets(self) -> None:
+        for peer in self._peers.values():
+            peer.socket.disable_monitor()
+            peer.monitor.close(0)
+            peer.socket.close(0)
+        for name in ("_peer_router", "_client_router"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(0)
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._peer_router, zmq.POLLIN)
+        poller.register(self._client_router, zmq.POLLIN)
+        poller.register(self._wake_fd, zmq.POLLIN)
+        monitors = {peer.monitor: peer for peer in self._peers.values()}
+        for monitor in monitors:
+            poller.register(monitor, zmq.POLLIN)
+        heartbeat_every = self._settings.peer_heartbeat_ms / 1000
+        next_heartbeat = time.monotonic()
+        while not self._stopping.is_set():
+            timeout_ms = max(0.0, (next_heartbeat - time.monotonic()) * 1000)
+            for sock, _ in poller.poll(timeout_ms):
+                if sock is self._peer_router:
+                    self._drain_router(self._peer_router, from_client=False)
+                elif sock is self._client_router:
+                    self._drain_router(self._client_router, from_client=True)
+                elif sock == self._wake_fd:
+                    self._drain_outbox()
+                else:
+                    self._on_monitor_event(monitors[sock])
+            if time.monotonic() >= next_heartbeat:
+                for peer_id in self._peers:
+                    self._send_to_peer(peer_id, HEARTBEAT_KIND, {})
+                next_heartbeat = time.monotonic() + heartbeat_every
+
+    def _drain_outbox(self) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+        self._wake_pending = False
+        while True:
+            try:
+                item = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if item[0] == "peer":
+                _, peer, kind, body = item
+                self._send_to_peer(peer, kind, body)
+            else:
+                _, route, kind, body = item
+                self._send_to_client(route, kind, body)
+
+    def _send_to_peer(self, peer_id: str, kind: str, body: Mapping[str, Any]) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            log.warning("node %s: no peer %r; message %s dropped", self.node_id, peer_id, kind)
+            return
+        try:
+            frame = self.codec.encode(kind, body)
+        except WireError as error:
+            log.error("node %s: cannot send %s to %s: %s", self.node_id, kind, peer_id, error)
+            self._count_out_drop(peer)
+            return
+        try:
+            peer.socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:  # not connected (IMMEDIATE) or at its HWM: drop, never block
+            self._count_out_drop(peer)
+            return
+        with self._lock:
+            peer.stats.msgs_out += 1
+            peer.stats.bytes_out += len(frame)
+
+    def _count_out_drop(self, peer: _Peer) -> None:
+        with self._lock:
+            peer.stats.drops_out += 1
+
+    def _send_to_client(self, route: ClientRoute, kind: str, body: Mapping[str, Any]) -> None:
+        try:
+            frame = self.codec.encode(kind, body, route.request_id)
+            self._client_router.send_multipart([route.identity, frame], zmq.NOBLOCK)
+        except WireError as error:
+            log.error("node %s: cannot encode reply %s: %s", self.node_id, kind, error)
+            self._count_drop("reply-unencodable")
+        except zmq.ZMQError:  # client gone (EHOSTUNREACH) or not reading (EAGAIN)
+            self._count_drop("reply-undeliverable")
+
+    def _drain_router(self, router: zmq.Socket, *, from_client: bool) -> None:
+        for _ in range(256):  # bounded, so one busy socket cannot starve the others
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self._on_frames(frames, from_client)
+
+    def _on_frames(self, frames: list[bytes], from_client: bool) -> None:
+        if len(frames) != 2:
+            self._count_drop("frame-count")
+            return
+        identity, frame = frames
+        try:
+            envelope = self.codec.decode(frame)
+        except WireError as error:
+            log.debug("node %s: dropped a frame: %s", self.node_id, error)
+            self._count_drop("malformed")
+            return
+        if from_client:
+            self._dispatch(Inbound(envelope, ClientRoute(identity, envelope.request_id)))
+            return
+        peer = self._peers.get(envelope.sender)
+        if peer is None:
+            self._count_drop("unknown-sender")
+            return
+        with self._lock:
+            peer.last_heard = time.monotonic()
+            peer.stats.msgs_in += 1
+            peer.stats.bytes_in += len(frame)
+        if envelope.kind != HEARTBEAT_KIND:
+            self._dispatch(Inbound(envelope))
+
+    def _dispatch(self, inbound: Inbound) -> None:
+        prefix = inbound.envelope.kind.partition(".")[0]
+        handler = self._handlers.get(prefix)
+        if handler is None:
+            self._count_drop("unknown-kind")
+            return
+        try:
+            handler(inbound)
+        except Exception:  # a handler bug must not kill the I/O thread
+            log.exception("node %s: handler for %s failed", self.node_id, inbound.envelope.kind)
+            self._count_drop("handler-error")
+
+    def _count_drop(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+
+    def _on_monitor_event(self, peer: _Peer) -> None:
+        while True:
+            try:
+                frames = peer.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(frames)["event"]
+            with self._lock:
+                if event == zmq.EVENT_CONNECTED:
+                    peer.stats.connected = True
+                elif event == zmq.EVENT_DISCONNECTED:
+                    peer.stats.connected = False

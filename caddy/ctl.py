@@ -1,0 +1,116 @@
+"""`caddy-ctl`: status and membership of a cluster from the shell (CONTRACT section 3).
+
+Human-readable tables by default, one JSON document with --json; errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from caddy.client import Client
+from caddy.config import ConfigError, load_topology
+from caddy.errors import CaddyError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _UsageParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _UsageParser(prog="caddy-ctl", description="Query and operate a CADDY cluster.")
+    parser.add_argument("--topology", required=True, help="topology YAML file")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_UsageParser)
+    status = commands.add_parser("status", help="one row per node")
+    status.add_argument("node", nargs="?", help="only this node")
+    commands.add_parser("members", help="the gossip view of the membership")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.timeout <= 0:
+        print("caddy-ctl: --timeout must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        config = load_topology(args.topology)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with Client(config, timeout=args.timeout) as client:
+            if args.command == "status":
+                return _status(client, args)
+            return _members(client, args)
+    except ConfigError as error:
+        print(f"caddy-ctl: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except CaddyError as error:
+        print(f"caddy-ctl: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _status(client: Client, args: argparse.Namespace) -> int:
+    if args.node:
+        statuses = {args.node: client.status(args.node)}
+    else:
+        statuses = client.statuses()
+    if args.json:
+        print(json.dumps(statuses, indent=2, sort_keys=True))
+    else:
+        rows = [_status_row(node_id, status) for node_id, status in statuses.items()]
+        print(_table(["id", "role", "state", "term", "leader", "commit", "applied", "hears",
+                      "members"], rows))
+    return EXIT_OK if any(s is not None for s in statuses.values()) else EXIT_FAILURE
+
+
+def _status_row(node_id: str, status: dict[str, Any] | None) -> list[str]:
+    if status is None:
+        return [node_id, "-", "unreachable", "-", "-", "-", "-", "-", "-"]
+    hears = [peer for peer, info in sorted(status.get("peers", {}).items()) if info["hearing"]]
+    members = status.get("members", {})
+    return [
+        node_id,
+        str(status.get("role", "-")),
+        str(status.get("state", "up")),
+        _dash(status.get("term")),
+        _dash(status.get("leader")),
+        _dash(status.get("commit_index")),
+        _dash(status.get("applied_index")),
+        ",".join(hears) or "-",
+        ",".join(f"{m}:{s}" for m, s in sorted(members.items())) or "-",
+    ]
+
+
+def _members(client: Client, args: argparse.Namespace) -> int:
+    members = client.members()
+    if args.json:
+        print(json.dumps(members, indent=2, sort_keys=True))
+    else:
+        rows = [
+            [member_id, str(info.get("address", "-")), str(info.get("state", "-")),
+             _dash(info.get("incarnation"))]
+            for member_id, info in sorted(members.items())
+        ]
+        print(_table(["id", "address", "state", "incarnation"], rows))
+    return EXIT_OK
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""The CADDY frame: a msgpack envelope (version, cluster, sender, kind, request id, body).
+
+Owns encoding, decoding, size limits and body compression; every malformed input raises WireError.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from caddy.errors import WireError
+
+PROTOCOL_VERSION = 1
+FLAG_COMPRESSED = 0x1
+_KNOWN_FLAGS = FLAG_COMPRESSED
+_ENVELOPE_FIELDS = 7
+MAX_NAME_LENGTH = 128  # cluster names, node ids and kinds are short identifiers
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One decoded message. `request_id` correlates a response with its request (0: none)."""
+
+    cluster: str
+    sender: str
+    kind: str
+    body: dict[str, Any]
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """Encodes and decodes the frames of one cluster, enforcing its size and compression settings.
+
+    `compress_threshold` is the packed body size above which bodies are zlib-compressed; None
+    turns compression off (decoding accepts compressed bodies either way).
+    """
+
+    cluster: str
+    sender: str
+    max_message_bytes: int = 16 * 1024 * 1024
+    compress_threshold: int | None = 4096
+
+    def encode(self, kind: str, body: Mapping[str, Any], request_id: int = 0) -> bytes:
+        flags = 0
+        payload: Any = body
+        if self.compress_threshold is not None:
+            packed_body = msgpack.packb(body, use_bin_type=True)
+            if len(packed_body) > self.compress_threshold:
+                payload = zlib.compress(packed_body, 1)
+                flags |= FLAG_COMPRESSED
+        try:
+            frame = msgpack.packb(
+                [PROTOCOL_VERSION, self.cluster, self.sender, kind, request_id, flags, payload],
+                use_bin_type=True,
+            )
+        except (TypeError, ValueError, OverflowError) as error:
+            raise WireError(f"cannot encode {kind!r}: {error}") from error
+        if len(frame) > self.max_message_bytes:
+            raise WireError(f"{kind!r} is {len(frame)} bytes, over the {self.max_message_bytes} limit")
+        return frame
+
+    def decode(self, frame: bytes) -> Envelope:
+        """Decode one frame; any defect (including a foreign cluster name) raises WireError."""
+        envelope = decode_envelope(frame, self.max_message_bytes)
+        if envelope.cluster != self.cluster:
+            raise WireError(f"foreign cluster {envelope.cluster!r}")
+        return envelope
+
+
+def decode_envelope(frame: bytes, max_message_bytes: int) -> Envelope:
+    """Decode a frame of any cluster. Raises WireError, and only WireError, on bad input."""
+    if not isinstance(frame, bytes | bytearray | memoryview):
+        raise WireError("frame is not bytes")
+    if len(frame) > max_message_bytes:
+        raise WireError(f"frame of {len(frame)} bytes is over the {max_message_bytes} limit")
+    fields = _unpack(frame)
+    if not isinstance(fields, list) or len(fields) != _ENVELOPE_FIELDS:
+        raise WireError("envelope is not a list of 7 fields")
+    version, cluster, sender, kind, request_id, flags, payload = fields
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise WireError(f"unsupported protocol version {version!r}")
+    for name, value in (("cluster", cluster), ("sender", sender), ("kind", kind)):
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH:
+            raise WireError(f"{name} must be a non-empty short string")
+    if type(request_id) is not int or request_id < 0:
+        raise WireError("request id must be a non-negative int")
+    if type(flags) is not int or flags & ~_KNOWN_FLAGS:
+        raise WireError(f"unknown flags {flags!r}")
+    if flags & FLAG_COMPRESSED:
+        payload = _unpack(_inflate(payload, max_message_bytes))
+    if not isinstance(payload, dict):
+        raise WireError("body is not a map")
+    return Envelope(cluster, sender, kind, payload, request_id)
+
+
+def _unpack(data: Any) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as error:  # msgpack raises many types for bad input; all mean "malformed"
+        raise WireError(f"not msgpack: {type(error).__name__}") from error
+
+
+def _inflate(payload: Any, max_message_bytes: int) -> bytes:
+    if not isinstance(payload, bytes):
+        raise WireError("compressed body is not bytes")
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(payload, max_message_bytes)
+    except zlib.error as error:
+        raise WireError(f"corrupt compressed body: {error}") from error
+    if inflater.unconsumed_tail:
+        raise WireError("compressed body inflates past the message size limit")
+    if not inflater.eof:
+        raise WireError("truncated compressed body")
+    return data
+
+
+FieldType = type | tuple[type, ...]
+
+
+def require_fields(body: Mapping[str, Any], schema: Mapping[str, FieldType]) -> None:
+    """Check that `body` has every field of `schema` with the right type (bool is not an int)."""
+    for name, expected in schema.items():
+        if name not in body:
+            raise WireError(f"missing field {name!r}")
+        value = body[name]
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        if isinstance(value, bool) and bool not in allowed:
+            raise WireError(f"field {name!r} must be {_type_names(allowed)}, got bool")
+        if not isinstance(value, allowed):
+            raise WireError(
+                f"field {name!r} must be {_type_names(allowed)}, got {type(value).__name__}"
+            )
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
