@@ -1,6 +1,6 @@
 """`ClusterManager`: spawns, wires, starts and stops the actors and the I/O thread of one node.
 
-A user's program runs a node with `ClusterManager(node_id, config).start()`; `caddy-node` does the same.
+A user's program runs a node with `ClusterManager(node_id, config).start()`, as caddy-node does.
 """
 
 from __future__ import annotations
@@ -40,8 +40,12 @@ class ClusterManager:
         self.transport.start()
         self.ticker.start()
         self._running = True
-        log.info("node %s: started (peer %s, client %s)", self.node_id,
-                 self.node_config.address, self.node_config.client_address)
+        log.info(
+            "node %s: started (peer %s, client %s)",
+            self.node_id,
+            self.node_config.address,
+            self.node_config.client_address,
+        )
         return self
 
     def stop(self) -> None:
@@ -101,6 +105,7 @@ class ClusterManager:
                 for peer_id, stats in peers.items()
             },
             "dropped": self.transport.drop_counts(),
+            "closed_connections": self.transport.closed_connections,
         }
 
     def members(self) -> dict[str, Any]:

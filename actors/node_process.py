@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return Supervisor(args, config).run()
     if args.node not in {node.id for node in config.nodes}:
         known = ", ".join(node.id for node in config.nodes)
-        print(f"caddy-node: --node: no node {args.node!r} in {args.topology} (nodes: {known})",
-              file=sys.stderr)
+        print(
+            f"caddy-node: --node: no node {args.node!r} in {args.topology} (nodes: {known})",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     _configure_logging(args.node, args.log_level)
     return run_node(args.node, config)
@@ -123,8 +125,16 @@ class Supervisor:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def _command(self, node_id: str) -> list[str]:
-        command = [sys.executable, "-m", "actors.node_process", self._args.topology,
-                   "--node", node_id, "--log-level", self._args.log_level]
+        command = [
+            sys.executable,
+            "-m",
+            "actors.node_process",
+            self._args.topology,
+            "--node",
+            node_id,
+            "--log-level",
+            self._args.log_level,
+        ]
         if self._args.data_dir:
             command += ["--data-dir", self._args.data_dir]
         return command

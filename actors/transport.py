@@ -1,4 +1,4 @@
-"""The node's one I/O thread: it owns every ZeroMQ socket (peer ROUTER, client ROUTER, a DEALER per peer).
+"""The node's one I/O thread: it owns every ZeroMQ socket (peer and client ROUTER, peer DEALERs).
 
 Other threads hand it frames through a queue plus an eventfd wake-up; inbound frames are decoded,
 checked and handed to the handler registered for their kind's prefix (normally an actor's `tell`).
@@ -7,6 +7,7 @@ checked and handed to the handler registered for their kind's prefix (normally a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import queue
@@ -23,11 +24,19 @@ from zmq.utils.monitor import parse_monitor_message
 
 from caddy.config import ClusterConfig
 from caddy.errors import WireError
-from caddy.wire import Codec, Envelope
+from caddy.wire import Codec, Envelope, decode_envelope
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_KIND = "transport.heartbeat"
+# Frames up to this many times the message limit reach the codec and are counted as oversized;
+# ZeroMQ closes a connection that sends a larger one, which shows as a closed connection.
+SOCKET_LIMIT_FACTOR = 2
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +82,14 @@ class _Peer:
     last_heard: float | None = None
 
 
+_monitor_ids = itertools.count()
+
+
+def _monitor(sock: zmq.Socket, events: int) -> zmq.Socket:
+    """A monitor on a unique inproc address (pyzmq's default name reuses recycled fds)."""
+    return sock.get_monitor_socket(events, addr=f"inproc://caddy-monitor-{next(_monitor_ids)}")
+
+
 def connect_endpoint(own_address: str, peer_address: str) -> str:
     """`tcp://SRC:0;DST:PORT` when our own address names a specific IP (CONTRACT section 1)."""
     own_host = urlsplit(own_address).hostname or ""
@@ -114,7 +131,8 @@ class Transport:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards the stats that other threads read
         self._peers: dict[str, _Peer] = {}
-        self.dropped: Counter[str] = Counter()  # inbound drops by reason, outbound by peer
+        self.dropped: Counter[str] = Counter()  # inbound drops by reason (outbound: PeerStats)
+        self.closed_connections = 0  # inbound connections closed, by their peer or by ZeroMQ
         self.started_at = time.monotonic()
         self._startup_error: BaseException | None = None
 
@@ -145,7 +163,7 @@ class Transport:
     # ----- what other threads call ------------------------------------------------------------
 
     def send(self, peer: str, kind: str, body: Mapping[str, Any]) -> None:
-        """Queue one message to a peer; never blocks. Undeliverable messages are counted as drops."""
+        """Queue one message to a peer; never blocks. Undeliverable ones are counted as drops."""
         self._outbox.put(("peer", peer, kind, body))
         self._wake()
 
@@ -210,14 +228,19 @@ class Transport:
         for router in (self._peer_router, self._client_router):
             router.setsockopt(zmq.LINGER, 0)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            router.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes + 1024)
+            router.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes * SOCKET_LIMIT_FACTOR)
             router.setsockopt(zmq.SNDHWM, s.send_hwm)
             router.setsockopt(zmq.RCVHWM, s.send_hwm)
             router.setsockopt(zmq.HEARTBEAT_IVL, s.keep_alive_ms)
             router.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.keep_alive_ms * 3)
+            router.setsockopt(zmq.HANDSHAKE_IVL, s.connect_timeout_ms)  # cut half-open garbage
         self._peer_router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._peer_router.bind(self._node.address)
         self._client_router.bind(self._node.client_address)
+        self._router_monitors = [
+            _monitor(router, _HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED)
+            for router in (self._peer_router, self._client_router)
+        ]
         for peer in self._config.peers_of(self.node_id):
             dealer = self._context.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)
@@ -230,11 +253,13 @@ class Transport:
             dealer.setsockopt(zmq.HEARTBEAT_IVL, s.keep_alive_ms)
             dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.keep_alive_ms * 3)
             dealer.setsockopt(zmq.TCP_KEEPALIVE, 1)
-            monitor = dealer.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            monitor = _monitor(dealer, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
             dealer.connect(connect_endpoint(self._node.address, peer.address))
             self._peers[peer.id] = _Peer(PeerStats(peer.id, peer.address), dealer, monitor)
 
     def _close_sockets(self) -> None:
+        for monitor in getattr(self, "_router_monitors", []):
+            monitor.close(0)
         for peer in self._peers.values():
             peer.socket.disable_monitor()
             peer.monitor.close(0)
@@ -242,6 +267,7 @@ class Transport:
         for name in ("_peer_router", "_client_router"):
             sock = getattr(self, name, None)
             if sock is not None:
+                sock.disable_monitor()
                 sock.close(0)
 
     def _loop(self) -> None:
@@ -250,7 +276,7 @@ class Transport:
         poller.register(self._client_router, zmq.POLLIN)
         poller.register(self._wake_fd, zmq.POLLIN)
         monitors = {peer.monitor: peer for peer in self._peers.values()}
-        for monitor in monitors:
+        for monitor in [*monitors, *self._router_monitors]:
             poller.register(monitor, zmq.POLLIN)
         heartbeat_every = self._settings.peer_heartbeat_ms / 1000
         next_heartbeat = time.monotonic()
@@ -263,8 +289,10 @@ class Transport:
                     self._drain_router(self._client_router, from_client=True)
                 elif sock == self._wake_fd:
                     self._drain_outbox()
-                else:
+                elif sock in monitors:
                     self._on_monitor_event(monitors[sock])
+                else:
+                    self._on_router_event(sock)
             if time.monotonic() >= next_heartbeat:
                 for peer_id in self._peers:
                     self._send_to_peer(peer_id, HEARTBEAT_KIND, {})
@@ -335,11 +363,17 @@ class Transport:
             self._count_drop("frame-count")
             return
         identity, frame = frames
+        if len(frame) > self._settings.max_message_bytes:
+            self._count_drop("oversized")
+            return
         try:
-            envelope = self.codec.decode(frame)
+            envelope = decode_envelope(frame, self._settings.max_message_bytes)
         except WireError as error:
             log.debug("node %s: dropped a frame: %s", self.node_id, error)
             self._count_drop("malformed")
+            return
+        if envelope.cluster != self.codec.cluster:
+            self._count_drop("foreign-cluster")
             return
         if from_client:
             self._dispatch(Inbound(envelope, ClientRoute(identity, envelope.request_id)))
@@ -370,6 +404,20 @@ class Transport:
     def _count_drop(self, reason: str) -> None:
         with self._lock:
             self.dropped[reason] += 1
+
+    def _on_router_event(self, monitor: zmq.Socket) -> None:
+        """Count connections that failed the ZeroMQ handshake (raw TCP garbage) or were closed."""
+        while True:
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(frames)["event"]
+            if event & _HANDSHAKE_FAILED:
+                self._count_drop("handshake-failed")
+            else:
+                with self._lock:
+                    self.closed_connections += 1
 
     def _on_monitor_event(self, peer: _Peer) -> None:
         while True:

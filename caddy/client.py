@@ -63,8 +63,9 @@ class Client:
 
     def members(self) -> dict[str, Any]:
         """The membership view of the first node that answers."""
-        answers = self.gather([n.id for n in self.config.nodes], "client.members", {},
-                              self.timeout, first_only=True)
+        answers = self.gather(
+            [n.id for n in self.config.nodes], "client.members", {}, self.timeout, first_only=True
+        )
         for answer in answers.values():
             if answer is not None:
                 return answer["members"]

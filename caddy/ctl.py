@@ -68,8 +68,12 @@ def _status(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps(statuses, indent=2, sort_keys=True))
     else:
         rows = [_status_row(node_id, status) for node_id, status in statuses.items()]
-        print(_table(["id", "role", "state", "term", "leader", "commit", "applied", "hears",
-                      "members"], rows))
+        print(
+            _table(
+                ["id", "role", "state", "term", "leader", "commit", "applied", "hears", "members"],
+                rows,
+            )
+        )
     return EXIT_OK if any(s is not None for s in statuses.values()) else EXIT_FAILURE
 
 
@@ -97,8 +101,12 @@ def _members(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps(members, indent=2, sort_keys=True))
     else:
         rows = [
-            [member_id, str(info.get("address", "-")), str(info.get("state", "-")),
-             _dash(info.get("incarnation"))]
+            [
+                member_id,
+                str(info.get("address", "-")),
+                str(info.get("state", "-")),
+                _dash(info.get("incarnation")),
+            ]
             for member_id, info in sorted(members.items())
         ]
         print(_table(["id", "address", "state", "incarnation"], rows))
@@ -111,6 +119,8 @@ def _dash(value: object) -> str:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
     return "\n".join(lines)

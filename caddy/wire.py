@@ -48,12 +48,12 @@ class Codec:
     def encode(self, kind: str, body: Mapping[str, Any], request_id: int = 0) -> bytes:
         flags = 0
         payload: Any = body
-        if self.compress_threshold is not None:
-            packed_body = msgpack.packb(body, use_bin_type=True)
-            if len(packed_body) > self.compress_threshold:
-                payload = zlib.compress(packed_body, 1)
-                flags |= FLAG_COMPRESSED
         try:
+            if self.compress_threshold is not None:
+                packed_body = msgpack.packb(body, use_bin_type=True)
+                if len(packed_body) > self.compress_threshold:
+                    payload = zlib.compress(packed_body, 1)
+                    flags |= FLAG_COMPRESSED
             frame = msgpack.packb(
                 [PROTOCOL_VERSION, self.cluster, self.sender, kind, request_id, flags, payload],
                 use_bin_type=True,
@@ -61,7 +61,9 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as error:
             raise WireError(f"cannot encode {kind!r}: {error}") from error
         if len(frame) > self.max_message_bytes:
-            raise WireError(f"{kind!r} is {len(frame)} bytes, over the {self.max_message_bytes} limit")
+            raise WireError(
+                f"{kind!r} is {len(frame)} bytes, over the {self.max_message_bytes} limit"
+            )
         return frame
 
     def decode(self, frame: bytes) -> Envelope:

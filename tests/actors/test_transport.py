@@ -1,0 +1,200 @@
+"""The transport over real loopback sockets: delivery, peer view, and garbage of every kind."""
+
+import os
+import queue
+import socket
+from urllib.parse import urlsplit
+
+import msgpack
+import pytest
+import zmq
+
+from actors.transport import ClientRoute, Inbound, Transport, connect_endpoint
+from caddy.config import load_topology
+from caddy.wire import PROTOCOL_VERSION, Codec
+from tests.harness import wait_until, write_topology
+
+LIMIT = 64 * 1024
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Two running transports n1 and n2 of one cluster, each delivering `test.*` into a queue."""
+    config = load_topology(
+        write_topology(
+            tmp_path,
+            2,
+            transport={"max_message_bytes": LIMIT, "peer_heartbeat_ms": 50, "peer_silence_ms": 500},
+            raft={"max_append_bytes": LIMIT // 2},
+            replication={"snapshot_chunk_bytes": LIMIT // 2},
+        )
+    )
+    transports, inboxes = {}, {}
+    for node_id in ("n1", "n2"):
+        inboxes[node_id] = queue.SimpleQueue()
+        transport = Transport(config, node_id)
+        transport.register("test", inboxes[node_id].put)
+        transport.register("client", inboxes[node_id].put)
+        transports[node_id] = transport
+    for transport in transports.values():
+        transport.start()
+    yield config, transports, inboxes
+    for transport in transports.values():
+        transport.stop()
+
+
+def test_connect_endpoint_binds_the_source_ip():
+    assert connect_endpoint("tcp://127.0.0.2:7000", "tcp://127.0.0.3:7001") == (
+        "tcp://127.0.0.2:0;127.0.0.3:7001"
+    )
+    assert connect_endpoint("tcp://0.0.0.0:7000", "tcp://10.0.0.1:1") == "tcp://10.0.0.1:1"
+    assert connect_endpoint("tcp://localhost:7000", "tcp://h:1") == "tcp://h:1"
+
+
+def test_messages_flow_both_ways_and_peers_hear_each_other(pair):
+    _, transports, inboxes = pair
+    wait_until(
+        lambda: (
+            transports["n1"].peer_stats()["n2"].connected
+            and transports["n2"].peer_stats()["n1"].connected
+        ),
+        10,
+        "both connected",
+    )
+    transports["n1"].send("n2", "test.ping", {"n": 1})
+    transports["n2"].send("n1", "test.pong", {"n": 2, "blob": b"x" * 10_000})
+    got = inboxes["n2"].get(timeout=10)
+    assert (got.envelope.sender, got.envelope.kind, got.envelope.body) == (
+        "n1",
+        "test.ping",
+        {"n": 1},
+    )
+    assert inboxes["n1"].get(timeout=10).envelope.body["blob"] == b"x" * 10_000
+    wait_until(lambda: transports["n1"].peer_stats()["n2"].msgs_out >= 1, 10, "n1 counts its send")
+    stats = transports["n1"].peer_stats()["n2"]
+    assert stats.connected and stats.hearing and stats.msgs_in >= 1 and stats.bytes_out > 0
+
+
+def test_messages_to_a_dead_peer_are_dropped_not_queued(pair):
+    config, transports, _ = pair
+    transports["n2"].stop()
+    wait_until(lambda: not transports["n1"].peer_stats()["n2"].connected, 10, "n2 disconnected")
+    for _ in range(100):
+        transports["n1"].send("n2", "test.ping", {})
+    wait_until(lambda: transports["n1"].peer_stats()["n2"].drops_out >= 100, 10, "100 drops")
+    transports["n2"] = Transport(config, "n2")  # so the fixture stops a live one
+
+
+def raw_dealer(address, identity=None):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if identity:
+        sock.setsockopt(zmq.ROUTING_ID, identity)
+    sock.connect(address)
+    return sock
+
+
+def envelope(
+    *,
+    version=PROTOCOL_VERSION,
+    cluster="test",
+    sender="n1",
+    kind="test.x",
+    request_id=0,
+    flags=0,
+    body=None,
+):
+    return msgpack.packb(
+        [version, cluster, sender, kind, request_id, flags, {} if body is None else body]
+    )
+
+
+GARBAGE_FRAMES = {
+    "random bytes": [os.urandom(100)],
+    "empty frame": [b""],
+    "truncated msgpack": [envelope()[:-2]],
+    "wrong version": [envelope(version=7)],
+    "wrong cluster": [envelope(cluster="other")],
+    "unknown kind": [envelope(kind="nosuch.kind")],
+    "unknown sender": [envelope(sender="n99")],
+    "mistyped request id": [envelope(request_id="7")],
+    "mistyped body": [envelope(body=[1, 2])],
+    "bad compressed body": [envelope(flags=1, body=b"zzz")],
+    "oversized frame": [b"\x00" * (LIMIT + 10)],
+    "two frames": [envelope(), envelope()],
+}
+
+
+@pytest.mark.parametrize("endpoint", ["address", "client_address"])
+def test_garbage_from_zeromq_is_dropped_and_counted(pair, endpoint):
+    config, transports, inboxes = pair
+    target = transports["n2"]
+    sock = raw_dealer(getattr(config.node("n2"), endpoint))
+    before = sum(target.drop_counts().values())
+    expected = len(GARBAGE_FRAMES)
+    if endpoint == "client_address":
+        expected -= 1  # a client request may name any sender: "unknown sender" is a peer rule
+    for frames in GARBAGE_FRAMES.values():
+        sock.send_multipart(frames)
+    wait_until(
+        lambda: sum(target.drop_counts().values()) - before >= expected,
+        10,
+        f"{expected} drops, got {target.drop_counts()}",
+    )
+    counts = target.drop_counts()
+    assert counts["oversized"] >= 1 and counts["foreign-cluster"] >= 1
+    assert counts["unknown-kind"] >= 1 and counts["frame-count"] >= 1
+    sock.close()
+    assert_still_serving(transports, inboxes)
+
+
+def test_a_frame_beyond_the_socket_limit_closes_only_that_connection(pair):
+    config, transports, inboxes = pair
+    sock = raw_dealer(config.node("n2").address)
+    sock.send(b"\x00" * (3 * LIMIT))
+    wait_until(lambda: transports["n2"].closed_connections >= 1, 10, "the connection closed")
+    sock.close()
+    assert_still_serving(transports, inboxes)
+
+
+@pytest.mark.parametrize("endpoint", ["address", "client_address"])
+@pytest.mark.parametrize("payload", [os.urandom(300), b"GET / HTTP/1.1\r\n\r\n", b"\xff"])
+def test_garbage_from_raw_tcp_is_counted_and_harmless(pair, endpoint, payload):
+    config, transports, inboxes = pair
+    url = urlsplit(getattr(config.node("n2"), endpoint))
+    before = transports["n2"].drop_counts().get("handshake-failed", 0)
+    with socket.create_connection((url.hostname, url.port), timeout=5) as raw:
+        raw.sendall(payload)
+    wait_until(
+        lambda: transports["n2"].drop_counts().get("handshake-failed", 0) > before,
+        10,
+        "a failed handshake counted",
+    )
+    assert_still_serving(transports, inboxes)
+
+
+def assert_still_serving(transports, inboxes):
+    """n2 still takes n1's messages (sent until one arrives: n1 drops them while unconnected)."""
+
+    def delivered():
+        transports["n1"].send("n2", "test.after", {"ok": True})
+        try:
+            return inboxes["n2"].get(timeout=0.2).envelope.kind == "test.after"
+        except queue.Empty:
+            return False
+
+    wait_until(delivered, 10, "n2 to take a message from n1")
+
+
+def test_client_requests_carry_a_route_and_get_their_reply(pair):
+    config, transports, inboxes = pair
+    client = raw_dealer(config.node("n1").client_address)
+    codec = Codec(cluster="test", sender="c1")
+    client.send(codec.encode("client.hello", {"x": 1}, request_id=99))
+    inbound: Inbound = inboxes["n1"].get(timeout=10)
+    assert isinstance(inbound.route, ClientRoute) and inbound.route.request_id == 99
+    transports["n1"].reply(inbound.route, "client.hello.ok", {"y": 2})
+    assert client.poll(10_000)
+    answer = codec.decode(client.recv())
+    assert (answer.kind, answer.request_id, answer.body) == ("client.hello.ok", 99, {"y": 2})
+    client.close()
