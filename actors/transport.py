@@ -129,6 +129,7 @@ class Transport:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
+        self._io_thread_id: int | None = None
         self._lock = threading.Lock()  # guards the stats that other threads read
         self._peers: dict[str, _Peer] = {}
         self.dropped: Counter[str] = Counter()  # inbound drops by reason (outbound: PeerStats)
@@ -164,6 +165,9 @@ class Transport:
 
     def send(self, peer: str, kind: str, body: Mapping[str, Any]) -> None:
         """Queue one message to a peer; never blocks. Undeliverable ones are counted as drops."""
+        if threading.get_ident() == self._io_thread_id:  # a handler answering inline
+            self._send_to_peer(peer, kind, body)
+            return
         self._outbox.put(("peer", peer, kind, body))
         self._wake()
 
@@ -205,6 +209,7 @@ class Transport:
                 pass
 
     def _run(self) -> None:
+        self._io_thread_id = threading.get_ident()
         try:
             self._open_sockets()
         except BaseException as error:  # bind failures are reported to start()'s caller
@@ -357,6 +362,8 @@ class Transport:
             except zmq.Again:
                 return
             self._on_frames(frames, from_client)
+            if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
 
     def _on_frames(self, frames: list[bytes], from_client: bool) -> None:
         if len(frames) != 2:

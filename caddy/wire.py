@@ -46,18 +46,13 @@ class Codec:
     compress_threshold: int | None = 4096
 
     def encode(self, kind: str, body: Mapping[str, Any], request_id: int = 0) -> bytes:
-        flags = 0
-        payload: Any = body
+        header = [PROTOCOL_VERSION, self.cluster, self.sender, kind, request_id]
         try:
-            if self.compress_threshold is not None:
-                packed_body = msgpack.packb(body, use_bin_type=True)
-                if len(packed_body) > self.compress_threshold:
-                    payload = zlib.compress(packed_body, 1)
-                    flags |= FLAG_COMPRESSED
-            frame = msgpack.packb(
-                [PROTOCOL_VERSION, self.cluster, self.sender, kind, request_id, flags, payload],
-                use_bin_type=True,
-            )
+            frame = _pack([*header, 0, body])
+            # Small frames (the common case) are packed once; large ones get a compressed body.
+            if self.compress_threshold is not None and len(frame) > self.compress_threshold:
+                compressed = zlib.compress(_pack(body), 1)
+                frame = _pack([*header, FLAG_COMPRESSED, compressed])
         except (TypeError, ValueError, OverflowError) as error:
             raise WireError(f"cannot encode {kind!r}: {error}") from error
         if len(frame) > self.max_message_bytes:
@@ -98,6 +93,10 @@ def decode_envelope(frame: bytes, max_message_bytes: int) -> Envelope:
     if not isinstance(payload, dict):
         raise WireError("body is not a map")
     return Envelope(cluster, sender, kind, payload, request_id)
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
 
 
 def _unpack(data: Any) -> Any:
