@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import pykka
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
@@ -404,6 +405,8 @@ class Transport:
             return
         try:
             handler(inbound)
+        except pykka.ActorDeadError:  # the node is stopping: its actors go first
+            self._count_drop("receiver-stopped")
         except Exception:  # a handler bug must not kill the I/O thread
             log.exception("node %s: handler for %s failed", self.node_id, inbound.envelope.kind)
             self._count_drop("handler-error")

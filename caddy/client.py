@@ -8,18 +8,22 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import zmq
 
 from caddy.config import ClusterConfig, load_topology
-from caddy.errors import CaddyError, Unavailable, WireError
+from caddy.errors import CaddyError, Timeout, Unavailable, WireError
 from caddy.wire import Codec, Envelope
+
+ATTEMPT_TIMEOUT_S = 0.5  # after this long without an answer, try another node
+NO_LEADER_BACKOFF_S = 0.02  # an election is under way: ask again shortly
 
 
 class RequestFailed(CaddyError):
-    """The node answered with an error."""
+    """The node answered with an error that retrying cannot fix (a malformed request)."""
 
 
 class Client:
@@ -36,6 +40,10 @@ class Client:
         self._context = zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
         self._request_ids = itertools.count(1)
+        self.client_id = uuid.uuid4().hex
+        self._seq = 0
+        self._leader: str | None = None
+        self._node_ids = [node.id for node in self.config.nodes if node.role != "witness"]
 
     def __enter__(self) -> Client:
         return self
@@ -47,6 +55,76 @@ class Client:
         for sock in self._sockets.values():
             sock.close(0)
         self._sockets.clear()
+
+    # ----- key-value operations (linearizable; writes applied exactly once) ---------------------
+
+    def put(self, key: str, value: Any) -> None:
+        """Store `value` under `key`; returns once committed and applied."""
+        self._write("kv.put", {"key": _key(key), "value": value})
+
+    def get(self, key: str) -> Any:
+        """The value under `key`, or None when absent; linearizable (ReadIndex on the leader)."""
+        return self._call("kv.get", {"key": _key(key)})
+
+    def delete(self, key: str) -> bool:
+        """Remove `key`; True when it existed."""
+        return bool(self._write("kv.delete", {"key": _key(key)}))
+
+    def cas(self, key: str, expected: Any, new: Any) -> bool:
+        """Set `key` to `new` if it holds `expected` (None: absent); True when swapped."""
+        return bool(self._write("kv.cas", {"key": _key(key), "expected": expected, "new": new}))
+
+    def leader(self) -> str | None:
+        """The id of the node that leads in the highest term any node reports, if any."""
+        leaders = [
+            (status.get("term", 0), node_id)
+            for node_id, status in self.statuses().items()
+            if status is not None and status.get("state") == "leader"
+        ]
+        return max(leaders)[1] if leaders else None
+
+    def _write(self, kind: str, body: dict[str, Any]) -> Any:
+        self._seq += 1  # a retry of this write reuses the number: the cluster applies it once
+        return self._call(
+            kind, {**body, "client": self.client_id, "seq": self._seq, "ack": self._seq}
+        )
+
+    def _call(self, kind: str, body: dict[str, Any]) -> Any:
+        """Find the leader and get an answer, retrying across redirects and failovers."""
+        deadline = time.monotonic() + self.timeout
+        target = self._leader or self._node_ids[0]
+        answered = False
+        while (remaining := deadline - time.monotonic()) > 0:
+            answer = self.gather([target], kind, body, min(remaining, ATTEMPT_TIMEOUT_S), raw=True)[
+                target
+            ]
+            if answer is None:
+                target = self._next_node(target)
+                continue
+            answered = True
+            if answer.kind == "kv.ok":
+                self._leader = target
+                return answer.body.get("value")
+            if answer.kind == "kv.redirect":
+                leader = answer.body.get("leader")
+                if isinstance(leader, str) and leader in self._node_ids and leader != target:
+                    target = leader
+                else:
+                    time.sleep(min(NO_LEADER_BACKOFF_S, max(0.0, deadline - time.monotonic())))
+                    target = self._next_node(target) if leader is None else target
+                continue
+            if answer.kind == "kv.error" and answer.body.get("retry") is True:
+                time.sleep(min(NO_LEADER_BACKOFF_S, max(0.0, deadline - time.monotonic())))
+                continue
+            raise RequestFailed(str(answer.body.get("error", f"unexpected answer {answer.kind}")))
+        if not answered:
+            raise Unavailable(f"no node answered within {self.timeout:g} s")
+        raise Timeout(f"no leader completed the request within {self.timeout:g} s")
+
+    def _next_node(self, node_id: str) -> str:
+        self._leader = None
+        index = self._node_ids.index(node_id) if node_id in self._node_ids else -1
+        return self._node_ids[(index + 1) % len(self._node_ids)]
 
     # ----- requests ----------------------------------------------------------------------------
 
@@ -78,11 +156,15 @@ class Client:
         body: dict[str, Any],
         timeout: float,
         first_only: bool = False,
-    ) -> dict[str, dict[str, Any] | None]:
-        """Send one request to each node and collect the answers until `timeout` passes."""
+        raw: bool = False,
+    ) -> dict[str, Any]:
+        """Send one request to each node and collect the answers until `timeout` passes.
+
+        Answers are bodies (an error answer raises RequestFailed), or whole envelopes with `raw`.
+        """
         deadline = time.monotonic() + timeout
         pending: dict[str, int] = {}
-        answers: dict[str, dict[str, Any] | None] = {}
+        answers: dict[str, Any] = {}
         for node_id in node_ids:
             self.config.node(node_id)  # a ConfigError naming the unknown node
             request_id = next(self._request_ids)
@@ -106,7 +188,7 @@ class Client:
                 if envelope is None or envelope.request_id != pending.get(node_id):
                     continue  # garbage or a late answer to an earlier request
                 del pending[node_id]
-                answers[node_id] = _unwrap(envelope)
+                answers[node_id] = envelope if raw else _unwrap(envelope)
             if first_only and any(a is not None for a in answers.values()):
                 break
         return answers
@@ -128,6 +210,12 @@ class Client:
             sock.connect(self.config.node(node_id).client_address)
             self._sockets[node_id] = sock
         return sock
+
+
+def _key(key: str) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"keys are str, got {type(key).__name__}")
+    return key
 
 
 def _unwrap(envelope: Envelope) -> dict[str, Any]:

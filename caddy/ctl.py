@@ -1,4 +1,4 @@
-"""`caddy-ctl`: status and membership of a cluster from the shell (CONTRACT section 3).
+"""`caddy-ctl`: status, membership and key-value operations from the shell (CONTRACT section 3).
 
 Human-readable tables by default, one JSON document with --json; errors are one line on stderr.
 """
@@ -33,6 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="one row per node")
     status.add_argument("node", nargs="?", help="only this node")
     commands.add_parser("members", help="the gossip view of the membership")
+    put = commands.add_parser("put", help="store VALUE under KEY")
+    put.add_argument("key")
+    put.add_argument("value")
+    get = commands.add_parser("get", help="print the value of KEY (exit 1 when absent)")
+    get.add_argument("key")
+    delete = commands.add_parser("delete", help="remove KEY")
+    delete.add_argument("key")
+    cas = commands.add_parser("cas", help="set KEY to NEW if it holds EXPECTED (exit 1 if not)")
+    cas.add_argument("key")
+    cas.add_argument("expected")
+    cas.add_argument("new")
+    commands.add_parser("leader", help="print the leader's id")
     return parser
 
 
@@ -48,9 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         with Client(config, timeout=args.timeout) as client:
-            if args.command == "status":
-                return _status(client, args)
-            return _members(client, args)
+            return _COMMANDS[args.command](client, args)
     except ConfigError as error:
         print(f"caddy-ctl: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -111,6 +121,62 @@ def _members(client: Client, args: argparse.Namespace) -> int:
         ]
         print(_table(["id", "address", "state", "incarnation"], rows))
     return EXIT_OK
+
+
+def _put(client: Client, args: argparse.Namespace) -> int:
+    client.put(args.key, args.value)
+    _say(args, {"key": args.key, "ok": True}, "OK")
+    return EXIT_OK
+
+
+def _get(client: Client, args: argparse.Namespace) -> int:
+    value = client.get(args.key)
+    if value is None:
+        _say(args, {"key": args.key, "found": False, "value": None}, None)
+        print(f"caddy-ctl: no key {args.key!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    text = value if isinstance(value, str) else json.dumps(value, default=repr)
+    _say(args, {"key": args.key, "found": True, "value": value}, text)
+    return EXIT_OK
+
+
+def _delete(client: Client, args: argparse.Namespace) -> int:
+    existed = client.delete(args.key)
+    _say(args, {"key": args.key, "existed": existed}, "deleted" if existed else "absent")
+    return EXIT_OK
+
+
+def _cas(client: Client, args: argparse.Namespace) -> int:
+    swapped = client.cas(args.key, args.expected, args.new)
+    _say(args, {"key": args.key, "swapped": swapped}, "swapped" if swapped else "not swapped")
+    return EXIT_OK if swapped else EXIT_FAILURE
+
+
+def _leader(client: Client, args: argparse.Namespace) -> int:
+    leader = client.leader()
+    if leader is None:
+        print("caddy-ctl: no leader right now", file=sys.stderr)
+        return EXIT_FAILURE
+    _say(args, {"leader": leader}, leader)
+    return EXIT_OK
+
+
+def _say(args: argparse.Namespace, document: dict[str, Any], text: str | None) -> None:
+    if args.json:
+        print(json.dumps(document, default=repr))
+    elif text is not None:
+        print(text)
+
+
+_COMMANDS = {
+    "status": _status,
+    "members": _members,
+    "put": _put,
+    "get": _get,
+    "delete": _delete,
+    "cas": _cas,
+    "leader": _leader,
+}
 
 
 def _dash(value: object) -> str:

@@ -131,7 +131,7 @@ def require_fields(body: Mapping[str, Any], schema: Mapping[str, FieldType]) -> 
             raise WireError(f"missing field {name!r}")
         value = body[name]
         allowed = expected if isinstance(expected, tuple) else (expected,)
-        if isinstance(value, bool) and bool not in allowed:
+        if isinstance(value, bool) and bool not in allowed and object not in allowed:
             raise WireError(f"field {name!r} must be {_type_names(allowed)}, got bool")
         if not isinstance(value, allowed):
             raise WireError(

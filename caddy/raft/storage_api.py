@@ -30,7 +30,7 @@ class LogStorage(Protocol):
         ...
 
     def append(self, entries: Sequence[Entry]) -> None:
-        """Store contiguous entries; from an index already stored on, the stored suffix is replaced."""
+        """Store contiguous entries; from an index already stored on, the suffix is replaced."""
         ...
 
     def set_hard_state(self, state: HardState) -> None:

@@ -1,0 +1,325 @@
+"""`RaftActor`: drives the Raft core for one node: ticks, peer messages, client writes and reads.
+
+It persists (one fsync per batch) before sending, applies committed entries to the state machine,
+answers clients, and takes snapshots when the core asks. Protocol logic stays in `caddy/raft`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.status_board import RaftStatus, StatusBoard
+from actors.ticker import Tick
+from actors.transport import ClientRoute, Inbound, Transport
+from caddy.config import ClusterConfig
+from caddy.errors import NotLeader, WireError
+from caddy.raft.codec import from_wire, to_wire
+from caddy.raft.errors import RequestRejected
+from caddy.raft.membership import MemberRole
+from caddy.raft.node import RaftNode
+from caddy.raft.ready import Ready, StateRole
+from caddy.raft.types import EntryKind
+from caddy.replication.requests import (
+    ClientRequest,
+    RequestError,
+    parse_request,
+    result_reply,
+)
+from caddy.replication.sessions import SessionStateMachine
+from caddy.replication.state_machine import StateMachine
+from caddy.storage import SqliteLogStorage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    route: ClientRoute
+    term: int
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    route: ClientRoute
+    key: str
+    index: int | None = None  # the read index, once the leader confirmed it
+
+
+class RaftActor(pykka.ThreadingActor):
+    """One node's Raft driver. Peer `raft.*` and client `kv.*` frames arrive as `Inbound`."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node_id: str,
+        transport: Transport,
+        state_machine: StateMachine,
+        board: StatusBoard,
+    ) -> None:
+        super().__init__()
+        self._board = board
+        self._node_id = node_id
+        self._transport = transport
+        self._reader = state_machine  # serves linearizable reads once ReadIndex confirmed them
+        self._state_machine = SessionStateMachine(state_machine)
+        self._storage = SqliteLogStorage(
+            config.node_data_dir(node_id), node_id=node_id, cluster=config.cluster
+        )
+        recovered = self._storage.load()
+        if recovered.snapshot_data:
+            state_machine.restore(recovered.snapshot_data)
+        raft, tick_ms = config.raft, config.tick_ms
+        self.core = RaftNode(
+            node_id,
+            config.membership,
+            storage_state=recovered,
+            rng=random.Random(),
+            heartbeat_ticks=max(1, raft.heartbeat_ms // tick_ms),
+            election_ticks_min=raft.election_timeout_min_ms // tick_ms,
+            election_ticks_max=raft.election_timeout_max_ms // tick_ms,
+            max_append_entries=raft.max_append_entries,
+            max_append_bytes=raft.max_append_bytes,
+            max_inflight=raft.max_inflight,
+            snapshot_threshold=raft.snapshot_threshold,
+            pre_vote=raft.pre_vote,
+            check_quorum=raft.check_quorum,
+            lease_reads=raft.lease_reads,
+            snapshot_chunk_bytes=config.replication.snapshot_chunk_bytes,
+        )
+        self._writes: dict[int, _PendingWrite] = {}
+        self._reads: list[_PendingRead] = []  # waiting for a read index round to start
+        self._reads_in_flight: dict[bytes, list[_PendingRead]] = {}
+        self._reads_ready: list[_PendingRead] = []  # confirmed, waiting for apply
+        self._read_rounds = 0
+        self.dropped = 0
+        self._publish_status()
+
+    # ----- mailbox ----------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Tick):
+            self.core.tick()
+        elif isinstance(message, Inbound):
+            if message.route is None:
+                self._on_peer_message(message)
+            else:
+                self._on_client_request(message)
+        # Batch: many requests queued behind this one ride in one append and one fsync.
+        if self.actor_inbox.empty():
+            self._process_ready()
+
+    def on_stop(self) -> None:
+        self._fail_pending("node stopping")
+        self._storage.close()
+
+    def on_failure(self, exception_type, exception_value, traceback) -> None:
+        log.error("node %s: raft actor failed: %s", self._node_id, exception_value)
+        self._storage.close()
+
+    def _on_peer_message(self, inbound: Inbound) -> None:
+        envelope = inbound.envelope
+        try:
+            message = from_wire(envelope.kind, envelope.body)
+        except WireError as error:
+            self.dropped += 1
+            log.debug(
+                "node %s: dropped %s from %s: %s",
+                self._node_id,
+                envelope.kind,
+                envelope.sender,
+                error,
+            )
+            return
+        if message.sender != envelope.sender:
+            self.dropped += 1
+            return
+        self.core.step(message)
+
+    def _on_client_request(self, inbound: Inbound) -> None:
+        route = inbound.route
+        assert route is not None
+        try:
+            request = parse_request(inbound.envelope.kind, inbound.envelope.body)
+        except RequestError as error:
+            self._transport.reply(route, "kv.error", {"error": str(error), "retry": False})
+            return
+        if self.core.state is not StateRole.LEADER:
+            self._transport.reply(route, "kv.redirect", {"leader": self.core.leader})
+            return
+        if request.is_read:
+            self._reads.append(_PendingRead(route, request.key))
+        else:
+            self._propose(route, request)
+
+    def _propose(self, route: ClientRoute, request: ClientRequest) -> None:
+        command = request.command(log_time_ms=int(time.time() * 1000))
+        try:
+            index, term = self.core.propose(command)
+        except (NotLeader, RequestRejected) as error:
+            leader = error.leader_hint if isinstance(error, NotLeader) else None
+            self._transport.reply(route, "kv.redirect", {"leader": leader})
+            return
+        self._writes[index] = _PendingWrite(route, term)
+
+    # ----- the Ready loop ---------------------------------------------------------------------
+
+    def _process_ready(self) -> None:
+        self._start_read_round()
+        while self.core.has_ready():
+            ready = self.core.ready()
+            self._persist(ready)
+            for to, message in ready.messages:
+                self._transport.send(to, message.kind, to_wire(message))
+            self._apply(ready)
+            if ready.soft_state is not None:
+                self._on_soft_state(ready)
+            for read_state in ready.read_states:
+                for read in self._reads_in_flight.pop(read_state.context, []):
+                    read.index = read_state.index
+                    self._reads_ready.append(read)
+            self.core.advance(ready)
+            self._serve_reads()
+            if ready.snapshot_request is not None:
+                self._take_snapshot()  # after advance: the core's applied index is the machine's
+        self._publish_status()
+
+    def _persist(self, ready: Ready) -> None:
+        storage = self._storage
+        if ready.snapshot is not None:
+            storage.save_snapshot(ready.snapshot.meta, ready.snapshot.data)
+            if self.core.member_role is not MemberRole.WITNESS:
+                self._state_machine.restore(ready.snapshot.data)
+        if ready.entries:
+            storage.append(ready.entries)
+        if ready.hard_state is not None:
+            storage.set_hard_state(ready.hard_state)
+        if ready.must_sync:
+            storage.sync()
+
+    def _apply(self, ready: Ready) -> None:
+        for entry in ready.committed_entries:
+            result: Any = None
+            if entry.kind is EntryKind.COMMAND:
+                result = self._state_machine.apply(entry.data)
+            pending = self._writes.pop(entry.index, None)
+            if pending is None:
+                continue
+            if pending.term == entry.term:
+                kind, body = result_reply(result)
+                self._transport.reply(pending.route, kind, body)
+            else:  # another leader's entry took this index: ours was never committed
+                self._transport.reply(
+                    pending.route, "kv.error", {"error": "leadership changed", "retry": True}
+                )
+
+    def _on_soft_state(self, ready: Ready) -> None:
+        soft = ready.soft_state
+        assert soft is not None
+        log.info(
+            "node %s: %s in term %d (leader %s)",
+            self._node_id,
+            soft.state.value,
+            soft.term,
+            soft.leader,
+        )
+        if soft.state is not StateRole.LEADER:
+            self._fail_pending("leadership lost")
+
+    def _fail_pending(self, reason: str) -> None:
+        """Answer every waiting client: the outcome of a write is unknown, so they retry."""
+        for pending in self._writes.values():
+            self._transport.reply(pending.route, "kv.error", {"error": reason, "retry": True})
+        self._writes.clear()
+        reads = [*self._reads, *self._reads_ready]
+        for waiting in self._reads_in_flight.values():
+            reads.extend(waiting)
+        for read in reads:
+            self._transport.reply(read.route, "kv.error", {"error": reason, "retry": True})
+        self._reads.clear()
+        self._reads_ready.clear()
+        self._reads_in_flight.clear()
+
+    def _start_read_round(self) -> None:
+        """One ReadIndex round confirms leadership for every read that arrived since the last."""
+        if not self._reads:
+            return
+        self._read_rounds += 1
+        context = self._read_rounds.to_bytes(8, "big")
+        try:
+            self.core.read_index(context)
+        except NotLeader as error:
+            for read in self._reads:
+                self._transport.reply(read.route, "kv.redirect", {"leader": error.leader_hint})
+            self._reads.clear()
+            return
+        self._reads_in_flight[context] = self._reads
+        self._reads = []
+
+    def _serve_reads(self) -> None:
+        applied = self.core.applied_index
+        still_waiting = []
+        for read in self._reads_ready:
+            if read.index is not None and read.index <= applied:
+                kind, body = result_reply(self._reader.read(read.key))
+                self._transport.reply(read.route, kind, body)
+            else:
+                still_waiting.append(read)
+        self._reads_ready = still_waiting
+
+    def _take_snapshot(self) -> None:
+        applied = self.core.applied_index
+        if applied <= self.core.log.snapshot.index:
+            return
+        witness = self.core.member_role is MemberRole.WITNESS
+        data = b"" if witness else self._state_machine.snapshot()  # a witness only trims its log
+        meta = self.core.compact(applied, data)
+        self._storage.save_snapshot(meta, data)
+        log.info("node %s: snapshot at index %d (%d bytes)", self._node_id, meta.index, len(data))
+
+    # ----- status and control -----------------------------------------------------------------
+
+    def _publish_status(self) -> None:
+        core = self.core
+        self._board.raft = RaftStatus(
+            state=_state_name(core),
+            term=core.term,
+            leader=core.leader,
+            commit_index=core.commit_index,
+            applied_index=core.applied_index,
+            last_log_index=core.last_index,
+            snapshot_index=core.log.snapshot.index,
+            pending_writes=len(self._writes),
+        )
+
+    def hand_over_leadership(self) -> str | None:
+        """If leader, start a transfer to the most caught-up voter; returns its id."""
+        if self.core.state is not StateRole.LEADER:
+            return None
+        candidates = [
+            (progress.match, peer)
+            for peer in self.core.membership.voters
+            if peer != self._node_id and (progress := self.core.progress_of(peer)) is not None
+        ]
+        if not candidates:
+            return None
+        _, target = max(candidates)
+        self.core.transfer_leadership(target)
+        self._process_ready()
+        return target
+
+
+def _state_name(core: RaftNode) -> str:
+    role = core.member_role
+    if role is MemberRole.LEARNER:
+        return "learner"
+    if role is MemberRole.WITNESS:
+        return "witness"
+    if core.state is StateRole.PRE_CANDIDATE:
+        return "candidate"
+    return core.state.value

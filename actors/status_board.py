@@ -1,0 +1,29 @@
+"""The node's status board: each actor posts a frozen snapshot of its state; anyone reads it.
+
+Posting replaces a reference (atomic in CPython), so status queries never ask an actor anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RaftStatus:
+    """What `caddy-ctl status` shows of Raft."""
+
+    state: str = "follower"
+    term: int = 0
+    leader: str | None = None
+    commit_index: int = 0
+    applied_index: int = 0
+    last_log_index: int = 0
+    snapshot_index: int = 0
+    pending_writes: int = 0
+
+
+@dataclass(slots=True)
+class StatusBoard:
+    """Latest posted snapshot of each subsystem (None until it first posts)."""
+
+    raft: RaftStatus | None = None

@@ -1,0 +1,82 @@
+"""Client requests of the key-value service: `kv.*` frames in, log commands and replies out.
+
+Pure translation, so that the RaftActor holds no service logic; every field is checked here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from caddy.errors import CaddyError, WireError
+from caddy.replication.commands import CommandError, encode_command, encode_kv
+from caddy.wire import require_fields
+
+READ_KIND = "kv.get"
+_SESSION_FIELDS = {"client": str, "seq": int, "ack": int}
+_WRITE_FIELDS: dict[str, dict[str, Any]] = {
+    "kv.put": {"key": str, "value": object},
+    "kv.delete": {"key": str},
+    "kv.cas": {"key": str, "expected": object, "new": object},
+}
+
+
+class RequestError(CaddyError):
+    """A client request that is malformed; retrying it cannot help."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """One validated request. Writes carry the client's session (id, seq, acknowledged-below)."""
+
+    op: str  # get | put | delete | cas
+    key: str
+    value: Any = None
+    expected: Any = None
+    client_id: str = ""
+    seq: int = 0
+    ack_below: int = 0
+
+    @property
+    def is_read(self) -> bool:
+        return self.op == "get"
+
+    def command(self, log_time_ms: int) -> bytes:
+        """The log entry for this write, stamped with the leader's clock."""
+        payload = encode_kv(self.op, self.key, self.value, self.expected)
+        return encode_command(self.client_id, self.seq, log_time_ms, payload, self.ack_below)
+
+
+def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:
+    """Validate a `kv.*` request; RequestError names what is wrong."""
+    try:
+        if kind == READ_KIND:
+            require_fields(body, {"key": str})
+            return ClientRequest("get", body["key"])
+        fields = _WRITE_FIELDS.get(kind)
+        if fields is None:
+            raise RequestError(f"unknown request {kind!r}")
+        require_fields(body, {**fields, **_SESSION_FIELDS})
+        if not body["client"] or body["seq"] < 1 or not 0 <= body["ack"] <= body["seq"]:
+            raise RequestError("a write needs a client id, a seq >= 1 and 0 <= ack <= seq")
+        op = kind.removeprefix("kv.")
+        value = body["new"] if op == "cas" else body.get("value")
+        request = ClientRequest(
+            op, body["key"], value, body.get("expected"), body["client"], body["seq"], body["ack"]
+        )
+        request.command(0)  # encodable, within limits: refuse now rather than fail in the log
+        return request
+    except (WireError, CommandError) as error:
+        raise RequestError(str(error)) from error
+
+
+def result_reply(result: Any) -> tuple[str, dict[str, Any]]:
+    """The reply to a client for a state machine result (see `state_machine.ok_result`)."""
+    if isinstance(result, dict) and result.get("ok") is False:
+        return "kv.error", {
+            "error": f"{result.get('error')}: {result.get('detail')}",
+            "retry": False,
+        }
+    if isinstance(result, dict) and result.get("ok") is True:
+        return "kv.ok", {"value": result.get("value")}
+    return "kv.ok", {"value": result}

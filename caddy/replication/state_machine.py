@@ -1,0 +1,64 @@
+"""The interface of a replicated state machine, and the shape of the results its commands return.
+
+Every replica applies the same committed commands in the same order, so a machine must be
+deterministic: no clocks, no randomness, no iteration over unordered collections.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from caddy.errors import CaddyError
+
+
+@runtime_checkable
+class StateMachine(Protocol):
+    """What a user implements to replicate their own state through Raft.
+
+    `apply` returns a msgpack-able result that goes back to the client that proposed the command.
+    A command the machine cannot make sense of should yield an error result (see `error_result`),
+    not raise: an exception would be answered as `apply_failed` by `SessionStateMachine`.
+    """
+
+    def apply(self, command: bytes) -> Any:
+        """Apply one committed command and return its result."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes; `restore` of them rebuilds an identical machine."""
+        ...
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot's; raise SnapshotError and keep the old state
+        when the bytes are not a snapshot of this machine."""
+        ...
+
+
+class SnapshotError(CaddyError):
+    """Bytes handed to `restore` that are not a snapshot of this state machine."""
+
+
+class ErrorCode(StrEnum):
+    """The `error` field of an error result."""
+
+    MALFORMED = "malformed"  # the log command's session envelope is not well formed
+    STALE = "stale"  # seq below the session's window: the client promised never to retry it
+    SESSION_EXPIRED = "session_expired"  # the session expired or was evicted; use a new client id
+    INVALID = "invalid"  # the payload is not a valid operation for the state machine
+    APPLY_FAILED = "apply_failed"  # the inner state machine raised
+
+
+# Results are plain maps so they cross msgpack unchanged:
+#   success: {"ok": True, "value": <operation's value, None when it has none>}
+#   failure: {"ok": False, "error": <ErrorCode value>, "detail": <one line for humans>}
+
+
+def ok_result(value: Any = None) -> dict[str, Any]:
+    """The result of an operation that took effect (or, for cas, was decided)."""
+    return {"ok": True, "value": value}
+
+
+def error_result(code: ErrorCode, detail: str) -> dict[str, Any]:
+    """The result of a command that did not take effect; `detail` must be the same on every node."""
+    return {"ok": False, "error": code.value, "detail": detail}
