@@ -32,7 +32,7 @@ from caddy.replication.requests import (
     result_reply,
 )
 from caddy.replication.sessions import SessionStateMachine
-from caddy.replication.state_machine import StateMachine
+from caddy.replication.state_machine import StateMachine, ok_result
 from caddy.storage import SqliteLogStorage
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class RaftActor(pykka.ThreadingActor):
         )
         recovered = self._storage.load()
         if recovered.snapshot_data:
-            state_machine.restore(recovered.snapshot_data)
+            self._state_machine.restore(recovered.snapshot_data)
         raft, tick_ms = config.raft, config.tick_ms
         self.core = RaftNode(
             node_id,
@@ -266,7 +266,7 @@ class RaftActor(pykka.ThreadingActor):
         still_waiting = []
         for read in self._reads_ready:
             if read.index is not None and read.index <= applied:
-                kind, body = result_reply(self._reader.read(read.key))
+                kind, body = result_reply(ok_result(self._reader.read(read.key)))
                 self._transport.reply(read.route, kind, body)
             else:
                 still_waiting.append(read)

@@ -144,3 +144,28 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             stack.append(child)
     return found
+
+
+@dataclass
+class LocalCluster:
+    """Node processes of one topology, each started with `--node`, addressable by id."""
+
+    topology: Path
+    processes: Processes
+    nodes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, *node_ids: str) -> None:
+        for node_id in node_ids:
+            self.nodes[node_id] = self.processes.node(self.topology, node_id)
+
+    def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
+        process = self.nodes[node_id]
+        process.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            process.wait(timeout=30)
+
+    def stop_signal(self, node_id: str, sig: int) -> None:
+        self.nodes[node_id].send_signal(sig)
+
+    def leader(self, client: Any, timeout: float = 20) -> str:
+        return wait_until(client.leader, timeout, "a leader")
