@@ -13,6 +13,7 @@ from typing import Any
 import pykka
 
 from actors.client_endpoint import ClientEndpointActor
+from actors.gossip_actor import GossipActor
 from actors.raft_actor import RaftActor
 from actors.status_board import StatusBoard
 from actors.ticker import Ticker
@@ -40,6 +41,7 @@ class ClusterManager:
         self._state_machine = state_machine or KeyValueStore()
         self._actors: list[pykka.ActorRef] = []
         self._raft: pykka.ActorRef | None = None
+        self._gossip: pykka.ActorRef | None = None
         self._started_at: float | None = None
         self._running = False
 
@@ -52,6 +54,10 @@ class ClusterManager:
         self.transport.register("raft", self._raft.tell)
         self.transport.register("kv", self._raft.tell)
         self.ticker.register(self._raft)
+        self._gossip = GossipActor.start(self.config, self.node_id, self.transport, self.board)
+        self._actors.append(self._gossip)
+        self.transport.register("swim", self._gossip.tell)
+        self.ticker.register(self._gossip)
         endpoint = ClientEndpointActor.start(self.transport, self.status, self.members)
         self._actors.append(endpoint)
         self.transport.register("client", endpoint.tell)
@@ -72,6 +78,7 @@ class ClusterManager:
             return
         if graceful:
             self._hand_over_and_drain()
+            self._leave_gossip()
         self._running = False
         self.ticker.stop()
         for actor in reversed(self._actors):
@@ -104,6 +111,17 @@ class ClusterManager:
             time.sleep(0.01)
         log.warning("node %s: drain timeout passed; stopping anyway", self.node_id)
 
+    def _leave_gossip(self) -> None:
+        """Tell the group we leave (so peers say `left`, not `dead`) and let the news spread."""
+        if self._gossip is None:
+            return
+        try:
+            self._gossip.proxy().leave().get(timeout=2)
+        except Exception as error:
+            log.warning("node %s: could not announce the leave: %s", self.node_id, error)
+            return
+        time.sleep(3 * self.config.gossip.gossip_interval_ms / 1000)  # a few gossip rounds
+
     def __enter__(self) -> ClusterManager:
         return self.start()
 
@@ -116,7 +134,7 @@ class ClusterManager:
         return self._raft.proxy() if self._raft is not None else None
 
     def membership(self) -> pykka.ActorProxy | None:
-        return None
+        return self._gossip.proxy() if self._gossip is not None else None
 
     def load_balancer(self) -> pykka.ActorProxy | None:
         return None
@@ -161,10 +179,9 @@ class ClusterManager:
         }
 
     def members(self) -> dict[str, Any]:
-        """The membership view, one entry per node."""
-        peers = self.transport.peer_stats()
-        view = {self.node_id: {"address": self.node_config.address, "state": "alive"}}
-        for peer in self.config.peers_of(self.node_id):
-            hearing = peers[peer.id].hearing
-            view[peer.id] = {"address": peer.address, "state": "alive" if hearing else "suspect"}
-        return {"members": view}
+        """The gossip view of the membership, one entry per member, this node included."""
+        members = self.board.members or {}
+        return {
+            "members": {member: dataclasses.asdict(info) for member, info in members.items()},
+            "version": self.board.members_version,
+        }

@@ -6,6 +6,7 @@ Posting replaces a reference (atomic in CPython), so status queries never ask an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +23,20 @@ class RaftStatus:
     pending_writes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """One member as this node's gossip sees it (`caddy-ctl members`)."""
+
+    address: str
+    state: str  # alive | suspect | dead | left
+    incarnation: int
+    metadata: dict[str, Any]
+
+
 @dataclass(slots=True)
 class StatusBoard:
     """Latest posted snapshot of each subsystem (None until it first posts)."""
 
     raft: RaftStatus | None = None
+    members: dict[str, MemberStatus] | None = None
+    members_version: int = 0  # changes with every change of the member list

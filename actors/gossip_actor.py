@@ -1,0 +1,110 @@
+"""`GossipActor`: drives the SWIM core of one node and publishes its membership view and events.
+
+Inbound `swim.*` frames and ticks go in; messages go out through the transport; member events go
+to every subscribed actor. Protocol logic stays in `caddy/swim`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import pykka
+
+from actors.status_board import MemberStatus, StatusBoard
+from actors.ticker import Tick
+from actors.transport import Inbound, Transport
+from caddy.config import ClusterConfig
+from caddy.errors import WireError
+from caddy.swim import MemberEvent, SwimNode, SwimTimings, from_wire, to_wire
+
+log = logging.getLogger(__name__)
+
+
+class GossipActor(pykka.ThreadingActor):
+    """Tell it `Tick()` and `Inbound` swim frames; ask it `leave()` before the node stops."""
+
+    def __init__(
+        self, config: ClusterConfig, node_id: str, transport: Transport, board: StatusBoard
+    ) -> None:
+        super().__init__()
+        self._node_id = node_id
+        self._transport = transport
+        self._board = board
+        self._addresses = {node.id: node.address for node in config.nodes}
+        node = config.node(node_id)
+        metadata = {"role": node.role, "client_address": node.client_address, "weight": node.weight}
+        if node.zone:
+            metadata["zone"] = node.zone
+        # A restarted node starts above any incarnation it used before, so its alive news wins.
+        incarnation = int(time.time())
+        self._swim = SwimNode(
+            node_id,
+            SwimTimings.from_settings(config.gossip, config.tick_ms),
+            random.Random(),
+            metadata=metadata,
+            incarnation=incarnation,
+        )
+        self._subscribers: list[pykka.ActorRef] = []
+        self.dropped = 0
+        self._swim.join(peer.id for peer in config.peers_of(node_id))
+        self._flush()
+
+    def subscribe(self, actor_ref: pykka.ActorRef) -> None:
+        """Deliver each `MemberEvent` (join, suspect, alive, dead, leave, update) to `actor_ref`."""
+        self._subscribers.append(actor_ref)
+
+    def leave(self) -> None:
+        """Announce a graceful leave: peers mark this node `left`, not dead."""
+        self._swim.leave()
+        self._flush()
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Tick):
+            self._swim.tick()
+        elif isinstance(message, Inbound):
+            envelope = message.envelope
+            try:
+                swim_message = from_wire(envelope.kind, envelope.body)
+            except WireError as error:
+                self.dropped += 1
+                log.debug("node %s: dropped %s: %s", self._node_id, envelope.kind, error)
+                return
+            self._swim.step(envelope.sender, swim_message)
+        self._flush()
+
+    def _flush(self) -> None:
+        ready = self._swim.ready()
+        for to, message in ready.messages:
+            kind, body = to_wire(message)
+            self._transport.send(to, kind, body)
+        for event in ready.events:
+            self._publish_event(event)
+        if ready.events or self._board.members is None:
+            self._board.members = {
+                view.member: MemberStatus(
+                    address=self._addresses.get(view.member, "?"),
+                    state=view.state.value,
+                    incarnation=view.incarnation,
+                    metadata=dict(view.metadata),
+                )
+                for view in self._swim.members()
+            }
+            self._board.members_version = self._swim.version
+
+    def _publish_event(self, event: MemberEvent) -> None:
+        if event.member != self._node_id:
+            log.info(
+                "node %s: member %s is %s (incarnation %d)",
+                self._node_id,
+                event.member,
+                event.kind.value,
+                event.incarnation,
+            )
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.tell(event)
+            except pykka.ActorDeadError:
+                self._subscribers.remove(subscriber)

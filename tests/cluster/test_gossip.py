@@ -1,0 +1,72 @@
+"""SWIM membership across five real node processes: kill -9, a short SIGSTOP, and a rejoin."""
+
+import signal
+import threading
+
+import pytest
+
+from caddy.client import Client
+from tests.harness import LocalCluster, ctl_json, wait_until, write_topology
+
+NODES = ("n1", "n2", "n3", "n4", "n5")
+
+
+@pytest.fixture
+def cluster(tmp_path, processes):
+    topology = write_topology(tmp_path, 5, gossip={"profile": "fast"})
+    local = LocalCluster(topology, processes)
+    local.start(*NODES)
+    return local
+
+
+def views(client):
+    """Each answering node's view: {node: {member: state}}."""
+    return {node: status["members"] for node, status in client.statuses().items() if status}
+
+
+def all_see(client, member, state, among):
+    current = views(client)
+    return all(node in current and current[node].get(member) == state for node in among)
+
+
+def test_killed_node_is_dead_everywhere_and_rejoins_alive_after_restart(cluster):
+    with Client(cluster.topology, timeout=2) as client:
+        wait_until(lambda: all(all_see(client, m, "alive", set(NODES) - {m}) for m in NODES),
+                   30, "everyone alive in every view")
+        cluster.kill("n3")
+        survivors = set(NODES) - {"n3"}
+        wait_until(lambda: all_see(client, "n3", "dead", survivors), 30, "n3 dead everywhere")
+        members = ctl_json(cluster.topology, "members")
+        assert members["n3"]["state"] == "dead"
+        assert {m: members[m]["state"] for m in survivors} == dict.fromkeys(survivors, "alive")
+
+        cluster.start("n3")
+        wait_until(lambda: all_see(client, "n3", "alive", survivors), 30, "n3 alive again")
+        members = ctl_json(cluster.topology, "members")
+        assert members["n3"]["state"] == "alive"
+
+
+def test_a_pause_shorter_than_the_suspicion_timeout_is_no_death(cluster):
+    with Client(cluster.topology, timeout=2) as client:
+        wait_until(lambda: all(all_see(client, m, "alive", set(NODES) - {m}) for m in NODES),
+                   30, "everyone alive in every view")
+        seen_states: set[str] = set()
+        stop = threading.Event()
+
+        def watch():
+            with Client(cluster.topology, timeout=1) as watcher:
+                while not stop.is_set():
+                    for view in views(watcher).values():
+                        seen_states.add(view.get("n2", "?"))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        cluster.stop_signal("n2", signal.SIGSTOP)
+        # 0.6 s: beyond the fast profile's probe timeout (0.1 s), within its suspicion timeout.
+        stop.wait(0.6)
+        cluster.stop_signal("n2", signal.SIGCONT)
+        wait_until(lambda: all_see(client, "n2", "alive", set(NODES) - {"n2"}), 30,
+                   "n2 alive again everywhere")
+        stop.set()
+        watcher.join(10)
+        assert "dead" not in seen_states
