@@ -1,0 +1,88 @@
+"""Network partitions between per-node 127.x.y.z addresses, made with iptables (root only)."""
+
+import os
+import random
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from caddy.client import Client
+from tests.harness import LocalCluster, wait_until, write_topology
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("iptables") is None,
+    reason="partition tests need root and iptables (.ci/run installs iptables when root)",
+)
+
+
+class Firewall:
+    """DROP rules between addresses, tagged so that every rule this test added is removed."""
+
+    def __init__(self):
+        self.tag = f"caddy-test-{os.getpid()}-{random.randrange(1 << 30)}"
+        self.rules: list[list[str]] = []
+
+    def cut(self, a: str, b: str) -> None:
+        for source, destination in ((a, b), (b, a)):
+            rule = ["INPUT", "-s", source, "-d", destination, "-j", "DROP",
+                    "-m", "comment", "--comment", self.tag]
+            subprocess.run(["iptables", "-I", *rule], check=True)
+            self.rules.append(rule)
+
+    def heal(self) -> None:
+        while self.rules:
+            subprocess.run(["iptables", "-D", *self.rules.pop()], check=True)
+
+
+@pytest.fixture
+def firewall():
+    wall = Firewall()
+    yield wall
+    wall.heal()
+
+
+@pytest.fixture
+def cluster(tmp_path, processes):
+    base = f"127.{random.randrange(1, 255)}.{random.randrange(0, 255)}"
+    hosts = [f"{base}.{i}" for i in (2, 3, 4)]
+    topology = write_topology(tmp_path, 3, hosts=hosts)
+    local = LocalCluster(topology, processes)
+    local.start("n1", "n2", "n3")
+    return local, dict(zip(("n1", "n2", "n3"), hosts, strict=True))
+
+
+def test_isolated_leader_accepts_no_write_and_converges_after_healing(cluster, firewall):
+    local, hosts = cluster
+    with Client(local.topology, timeout=20) as client, Client(local.topology, 1) as probe:
+        old = local.leader(client)
+        client.put("k", "before")
+        for other in set(hosts) - {old}:
+            firewall.cut(hosts[old], hosts[other])
+
+        new = wait_until(lambda: (leader := probe.leader()) not in (None, old) and leader, 20,
+                         "the majority to elect a new leader")
+        client.put("k", "majority")
+
+        # The minority side: the old leader may still be stepping down; it never acknowledges.
+        write = {"key": "k", "value": "minority", "client": "minority-writer", "seq": 1, "ack": 1}
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            answer = probe.gather([old], "kv.put", write, 1.0, raw=True)[old]
+            assert answer is None or answer.kind != "kv.ok", answer
+        assert probe.status(old)["state"] != "leader"
+
+        firewall.heal()
+
+        def converged():
+            statuses = client.statuses()
+            terms = {s["term"] for s in statuses.values() if s}
+            applied = {s["applied_index"] for s in statuses.values() if s}
+            return len(statuses) == 3 and all(statuses.values()) and len(applied) == 1 and (
+                len(terms) == 1)
+
+        wait_until(converged, 30, "the healed cluster to agree on term and applied index")
+        assert client.get("k") == "majority"
+        assert client.leader() in {"n1", "n2", "n3"}
+        assert new != old
