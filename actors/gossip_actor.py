@@ -48,7 +48,6 @@ class GossipActor(pykka.ThreadingActor):
             incarnation=incarnation,
         )
         self._subscribers: list[pykka.ActorRef] = []
-        self.dropped = 0
         self._swim.join(peer.id for peer in config.peers_of(node_id))
         self._flush()
 
@@ -69,7 +68,7 @@ class GossipActor(pykka.ThreadingActor):
             try:
                 swim_message = from_wire(envelope.kind, envelope.body)
             except WireError as error:
-                self.dropped += 1
+                self._board.count_body_drop("swim-body")
                 log.debug("node %s: dropped %s: %s", self._node_id, envelope.kind, error)
                 return
             self._swim.step(envelope.sender, swim_message)

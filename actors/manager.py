@@ -174,7 +174,7 @@ class ClusterManager:
                 }
                 for peer_id, stats in peers.items()
             },
-            "dropped": self.transport.drop_counts(),
+            "dropped": {**self.transport.drop_counts(), **self.board.body_drops},
             "closed_connections": self.transport.closed_connections,
         }
 

@@ -97,7 +97,6 @@ class RaftActor(pykka.ThreadingActor):
         self._reads_in_flight: dict[bytes, list[_PendingRead]] = {}
         self._reads_ready: list[_PendingRead] = []  # confirmed, waiting for apply
         self._read_rounds = 0
-        self.dropped = 0
         self._publish_status()
 
     # ----- mailbox ----------------------------------------------------------------------------
@@ -127,7 +126,7 @@ class RaftActor(pykka.ThreadingActor):
         try:
             message = from_wire(envelope.kind, envelope.body)
         except WireError as error:
-            self.dropped += 1
+            self._board.count_body_drop("raft-body")
             log.debug(
                 "node %s: dropped %s from %s: %s",
                 self._node_id,
@@ -137,7 +136,7 @@ class RaftActor(pykka.ThreadingActor):
             )
             return
         if message.sender != envelope.sender:
-            self.dropped += 1
+            self._board.count_body_drop("raft-body")
             return
         self.core.step(message)
 

@@ -5,7 +5,7 @@ Posting replaces a reference (atomic in CPython), so status queries never ask an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -40,3 +40,9 @@ class StatusBoard:
     raft: RaftStatus | None = None
     members: dict[str, MemberStatus] | None = None
     members_version: int = 0  # changes with every change of the member list
+    # Frames that passed the envelope check but whose body the owning actor refused, by actor.
+    body_drops: dict[str, int] = field(default_factory=dict)
+
+    def count_body_drop(self, owner: str) -> None:
+        """Called only from `owner`'s own thread, so each key has a single writer."""
+        self.body_drops[owner] = self.body_drops.get(owner, 0) + 1
