@@ -37,6 +37,8 @@ from caddy.storage import SqliteLogStorage
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGES_PER_READY = 512
+
 
 @dataclass(slots=True)
 class _PendingWrite:
@@ -97,6 +99,7 @@ class RaftActor(pykka.ThreadingActor):
         self._reads_in_flight: dict[bytes, list[_PendingRead]] = {}
         self._reads_ready: list[_PendingRead] = []  # confirmed, waiting for apply
         self._read_rounds = 0
+        self._unprocessed = 0
         self._publish_status()
 
     # ----- mailbox ----------------------------------------------------------------------------
@@ -109,8 +112,11 @@ class RaftActor(pykka.ThreadingActor):
                 self._on_peer_message(message)
             else:
                 self._on_client_request(message)
-        # Batch: many requests queued behind this one ride in one append and one fsync.
-        if self.actor_inbox.empty():
+        # Batch: many requests queued behind this one ride in one append and one fsync; a bound
+        # keeps a never-empty inbox from starving the Ready loop.
+        self._unprocessed += 1
+        if self.actor_inbox.empty() or self._unprocessed >= MAX_MESSAGES_PER_READY:
+            self._unprocessed = 0
             self._process_ready()
 
     def on_stop(self) -> None:

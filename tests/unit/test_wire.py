@@ -140,7 +140,7 @@ msgpack_values = st.recursive(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(msgpack_values, min_size=0, max_size=8))
 def test_random_envelope_shaped_input_only_raises_wire_error(fields):
     try:
