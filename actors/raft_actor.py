@@ -38,6 +38,7 @@ from caddy.storage import SqliteLogStorage
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_READY = 512
+LEADER_MESSAGES = frozenset({"raft.append", "raft.heartbeat", "raft.snapshot"})
 
 
 @dataclass(slots=True)
@@ -95,6 +96,7 @@ class RaftActor(pykka.ThreadingActor):
             snapshot_chunk_bytes=config.replication.snapshot_chunk_bytes,
         )
         self._writes: dict[int, _PendingWrite] = {}
+        self._proposals: list[tuple[ClientRoute, ClientRequest]] = []  # not yet proposed
         self._reads: list[_PendingRead] = []  # waiting for a read index round to start
         self._reads_in_flight: dict[bytes, list[_PendingRead]] = {}
         self._reads_ready: list[_PendingRead] = []  # confirmed, waiting for apply
@@ -160,27 +162,42 @@ class RaftActor(pykka.ThreadingActor):
         if request.is_read:
             self._reads.append(_PendingRead(route, request.key))
         else:
-            self._propose(route, request)
+            self._proposals.append((route, request))
 
-    def _propose(self, route: ClientRoute, request: ClientRequest) -> None:
-        command = request.command(log_time_ms=int(time.time() * 1000))
+    def _propose_batch(self) -> None:
+        """Every write that arrived since the last batch becomes one append (one round trip)."""
+        if not self._proposals:
+            return
+        batch, self._proposals = self._proposals, []
+        log_time_ms = int(time.time() * 1000)
         try:
-            index, term = self.core.propose(command)
+            first, term = self.core.propose_many([r.command(log_time_ms) for _, r in batch])
         except (NotLeader, RequestRejected) as error:
             leader = error.leader_hint if isinstance(error, NotLeader) else None
-            self._transport.reply(route, "kv.redirect", {"leader": leader})
+            for route, _ in batch:
+                self._transport.reply(route, "kv.redirect", {"leader": leader})
             return
-        self._writes[index] = _PendingWrite(route, term)
+        for index, (route, _) in enumerate(batch, first):
+            self._writes[index] = _PendingWrite(route, term)
 
     # ----- the Ready loop ---------------------------------------------------------------------
 
     def _process_ready(self) -> None:
+        self._propose_batch()
         self._start_read_round()
         while self.core.has_ready():
             ready = self.core.ready()
+            # A leader's replication messages go out before its own fsync, so both disks work
+            # at once. Safe here: their acknowledgements are handled on this thread only after
+            # the sync below, so the leader never counts its own unsynced entries. Everything
+            # else (votes, acknowledgements) waits for the sync, as `Ready` requires.
+            early = [m for m in ready.messages if m[1].kind in LEADER_MESSAGES]
+            for to, message in early:
+                self._transport.send(to, message.kind, to_wire(message))
             self._persist(ready)
             for to, message in ready.messages:
-                self._transport.send(to, message.kind, to_wire(message))
+                if message.kind not in LEADER_MESSAGES:
+                    self._transport.send(to, message.kind, to_wire(message))
             self._apply(ready)
             if ready.soft_state is not None:
                 self._on_soft_state(ready)
@@ -241,6 +258,9 @@ class RaftActor(pykka.ThreadingActor):
         for pending in self._writes.values():
             self._transport.reply(pending.route, "kv.error", {"error": reason, "retry": True})
         self._writes.clear()
+        for route, _ in self._proposals:
+            self._transport.reply(route, "kv.error", {"error": reason, "retry": True})
+        self._proposals.clear()
         reads = [*self._reads, *self._reads_ready]
         for waiting in self._reads_in_flight.values():
             reads.extend(waiting)

@@ -9,7 +9,7 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
@@ -18,7 +18,7 @@ from caddy.config import ClusterConfig, load_topology
 from caddy.errors import CaddyError, Timeout, Unavailable, WireError
 from caddy.wire import Codec, Envelope
 
-ATTEMPT_TIMEOUT_S = 0.5  # after this long without an answer, try another node
+ATTEMPT_TIMEOUT_S = 0.25  # after this long without an answer, ask every node
 NO_LEADER_BACKOFF_S = 0.02  # an election is under way: ask again shortly
 
 
@@ -90,41 +90,38 @@ class Client:
         )
 
     def _call(self, kind: str, body: dict[str, Any]) -> Any:
-        """Find the leader and get an answer, retrying across redirects and failovers."""
+        """Get an answer from the leader, retrying across redirects and failovers.
+
+        When the leader is unknown or silent the request goes to every node at once: followers
+        answer with a redirect and only the leader acts (a retried write is applied once).
+        """
         deadline = time.monotonic() + self.timeout
-        target = self._leader or self._node_ids[0]
+        target = self._leader
         answered = False
         while (remaining := deadline - time.monotonic()) > 0:
-            answer = self.gather([target], kind, body, min(remaining, ATTEMPT_TIMEOUT_S), raw=True)[
-                target
-            ]
-            if answer is None:
-                target = self._next_node(target)
+            asked = [target] if target else self._node_ids
+            answers = self.gather(asked, kind, body, min(remaining, ATTEMPT_TIMEOUT_S), raw=True,
+                                  until=_decisive)
+            replies = {node: answer for node, answer in answers.items() if answer is not None}
+            if not replies:
+                target = None
                 continue
             answered = True
-            if answer.kind == "kv.ok":
-                self._leader = target
-                return answer.body.get("value")
-            if answer.kind == "kv.redirect":
-                leader = answer.body.get("leader")
-                if isinstance(leader, str) and leader in self._node_ids and leader != target:
-                    target = leader
-                else:
-                    time.sleep(min(NO_LEADER_BACKOFF_S, max(0.0, deadline - time.monotonic())))
-                    target = self._next_node(target) if leader is None else target
-                continue
-            if answer.kind == "kv.error" and answer.body.get("retry") is True:
+            for node, answer in replies.items():
+                if answer.kind == "kv.ok":
+                    self._leader = node
+                    return answer.body.get("value")
+                if not _retryable(answer):
+                    raise RequestFailed(str(answer.body.get("error", answer.kind)))
+            hints = {answer.body.get("leader") for answer in replies.values()}
+            hinted = [node for node in hints if node in self._node_ids and node not in asked]
+            target = hinted[0] if len(hinted) == 1 else None
+            if target is None:  # an election is under way, or the leader asked us to retry
                 time.sleep(min(NO_LEADER_BACKOFF_S, max(0.0, deadline - time.monotonic())))
-                continue
-            raise RequestFailed(str(answer.body.get("error", f"unexpected answer {answer.kind}")))
+        self._leader = None
         if not answered:
             raise Unavailable(f"no node answered within {self.timeout:g} s")
         raise Timeout(f"no leader completed the request within {self.timeout:g} s")
-
-    def _next_node(self, node_id: str) -> str:
-        self._leader = None
-        index = self._node_ids.index(node_id) if node_id in self._node_ids else -1
-        return self._node_ids[(index + 1) % len(self._node_ids)]
 
     # ----- requests ----------------------------------------------------------------------------
 
@@ -142,7 +139,8 @@ class Client:
     def members(self) -> dict[str, Any]:
         """The membership view of the first node that answers."""
         answers = self.gather(
-            [n.id for n in self.config.nodes], "client.members", {}, self.timeout, first_only=True
+            [n.id for n in self.config.nodes], "client.members", {}, self.timeout,
+            until=lambda answers: any(a is not None for a in answers.values()),
         )
         for answer in answers.values():
             if answer is not None:
@@ -155,7 +153,7 @@ class Client:
         kind: str,
         body: dict[str, Any],
         timeout: float,
-        first_only: bool = False,
+        until: Callable[[dict[str, Any]], bool] | None = None,
         raw: bool = False,
     ) -> dict[str, Any]:
         """Send one request to each node and collect the answers until `timeout` passes.
@@ -189,7 +187,7 @@ class Client:
                     continue  # garbage or a late answer to an earlier request
                 del pending[node_id]
                 answers[node_id] = envelope if raw else _unwrap(envelope)
-            if first_only and any(a is not None for a in answers.values()):
+            if until is not None and until(answers):
                 break
         return answers
 
@@ -210,6 +208,17 @@ class Client:
             sock.connect(self.config.node(node_id).client_address)
             self._sockets[node_id] = sock
         return sock
+
+
+def _retryable(answer: Envelope) -> bool:
+    return answer.kind == "kv.redirect" or (
+        answer.kind == "kv.error" and answer.body.get("retry") is True
+    )
+
+
+def _decisive(answers: dict[str, Envelope | None]) -> bool:
+    """Stop waiting once an answer settles the request: a success or a definite failure."""
+    return any(a is not None and (a.kind == "kv.ok" or not _retryable(a)) for a in answers.values())
 
 
 def _key(key: str) -> str:

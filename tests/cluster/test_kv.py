@@ -76,5 +76,7 @@ def test_no_cluster_means_unavailable(tmp_path):
 def test_no_quorum_means_timeout(tmp_path, processes):
     topology = write_topology(tmp_path, 3)
     processes.node(topology, "n1")
-    with Client(topology, timeout=1.5) as client, pytest.raises(Timeout):
-        client.put("k", "v")
+    with Client(topology, timeout=1.5) as client:
+        wait_until(lambda: client.statuses()["n1"], 20, "n1 to answer")
+        with pytest.raises(Timeout):
+            client.put("k", "v")
