@@ -424,14 +424,23 @@ class SwimNode:
             if name != self.node_id and member.state is not MemberState.LEFT
         ]
         if not self._has_live_peer():
-            peers.extend(seed for seed in self._seeds if seed not in self._members)
+            peers.extend(self._unknown_seeds())
         if peers:
             self._send(self._rng.choice(peers), Sync(self._records(), reply_wanted=True))
+        unknown = self._unknown_seeds()
+        if unknown and self._has_live_peer():
+            # Members that started together can form groups that never hear of each other
+            # (the first syncs to a seed are lost while its connection is still coming up).
+            self._send(self._rng.choice(unknown), Sync(self._records(), reply_wanted=True))
+
+    def _unknown_seeds(self) -> list[str]:
+        return [seed for seed in self._seeds if seed not in self._members]
 
     def _sync_delay(self) -> int:
         """Ticks to the next push-pull: the period (longer in big groups; one probe interval
-        while alone), jittered by +-50% so that members started together do not sync in step."""
-        if not self._has_live_peer():
+        while alone or while a seed is unknown), jittered by +-50% so that members started
+        together do not sync in step."""
+        if not self._has_live_peer() or self._unknown_seeds():
             period = self._timings.probe_interval_ticks
         else:
             members = len(self._members)

@@ -118,8 +118,8 @@ def test_settings_defaults_are_the_documented_values() -> None:
     )
     assert GossipSettings() == GossipSettings(
         profile="lan",
-        probe_interval_ms=1000,
-        probe_timeout_ms=500,
+        probe_interval_ms=800,
+        probe_timeout_ms=400,
         indirect_checks=3,
         suspicion_mult=4,
         suspicion_max_timeout_mult=6,
@@ -473,8 +473,8 @@ INVALID = [
     ),
     pytest.param(
         ("gossip", "probe_timeout_ms"),
-        1000,
-        "gossip.probe_timeout_ms: must be less than gossip.probe_interval_ms (1000), got 1000",
+        800,
+        "gossip.probe_timeout_ms: must be less than gossip.probe_interval_ms (800), got 800",
         id="probe-timeout",
     ),
     pytest.param(

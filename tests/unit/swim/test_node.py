@@ -514,3 +514,16 @@ def test_a_peer_seeing_alive_whom_we_declared_dead_makes_us_tell_that_member():
     node.ready()
     node.step("b", Sync((MemberRecord("c", 0, MemberState.ALIVE),)))
     assert node.ready().messages == (("c", Gossip((Dead("c", 0, "a"),))),)
+
+
+def test_a_seed_still_unknown_gets_a_sync_every_probe_interval():
+    """Members started together can split into groups whose first syncs were lost; the seed
+    that stayed unknown is synced with until it answers, even though we have live peers."""
+    node = make_node("a")
+    node.join(["b", "c"])
+    node.ready()  # the join syncs: lost
+    teach(node, "b")  # b is known and alive; c never answered
+    to_id, message = tick_until(
+        node, of_type(Sync, "c"), max_ticks=3 * TIMINGS.probe_interval_ticks
+    )
+    assert to_id == "c" and message.reply_wanted
