@@ -170,6 +170,8 @@ class ClusterManager:
                     "last_heard_s": stats.last_heard_s,
                     "msgs_in": stats.msgs_in,
                     "msgs_out": stats.msgs_out,
+                    "bytes_in": stats.bytes_in,
+                    "bytes_out": stats.bytes_out,
                     "drops_out": stats.drops_out,
                 }
                 for peer_id, stats in peers.items()
