@@ -7,13 +7,14 @@ checked and handed to the handler registered for their kind's prefix (normally a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import os
-import queue
+import select
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,13 @@ HEARTBEAT_KIND = "transport.heartbeat"
 # Frames up to this many times the message limit reach the codec and are counted as oversized;
 # ZeroMQ closes a connection that sends a larger one, which shows as a closed connection.
 SOCKET_LIMIT_FACTOR = 2
+# Socket monitors and the heartbeat timer are looked at on this tick, not on every wake-up, which
+# would cost each monitor a mailbox check.
+HOUSEKEEPING_MS = 20
+DRAIN_BATCH = 256  # messages taken from one socket per wake-up, so one cannot starve the others
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -61,7 +69,11 @@ Handler = Callable[[Inbound], None]
 
 @dataclass(slots=True)
 class PeerStats:
-    """What the transport knows of one peer; `hearing` means a frame arrived recently."""
+    """What the transport knows of one peer; `hearing` means a frame arrived recently.
+
+    Only the I/O thread writes these. The per-message counters are bumped without the lock, which
+    would cost a round trip several microseconds, so a copy may be one message apart between them.
+    """
 
     peer: str
     address: str
@@ -124,15 +136,18 @@ class Transport:
         )
         self._context = context or zmq.Context.instance()
         self._handlers: dict[str, Handler] = {}
-        self._outbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        # (send function, destination, kind, body); deque appends and pops are atomic.
+        self._outbox: deque[tuple[Callable[..., None], Any, str, Mapping[str, Any]]] = deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._wake_pending = False
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._io_thread_id: int | None = None
-        self._lock = threading.Lock()  # guards the stats that other threads read
+        self._lock = threading.Lock()  # guards the stats others read, but see PeerStats
         self._peers: dict[str, _Peer] = {}
+        self._woken_at = 0.0  # when the I/O thread last woke: the arrival time of what it reads
+        self._client_sent = False  # the client router was sent on since its last ZMQ_EVENTS check
         self.dropped: Counter[str] = Counter()  # inbound drops by reason (outbound: PeerStats)
         self.closed_connections = 0  # inbound connections closed, by their peer or by ZeroMQ
         self.started_at = time.monotonic()
@@ -169,7 +184,7 @@ class Transport:
         if threading.get_ident() == self._io_thread_id:  # a handler answering inline
             self._send_to_peer(peer, kind, body)
             return
-        self._outbox.put(("peer", peer, kind, body))
+        self._outbox.append((self._send_to_peer, peer, kind, body))
         self._wake()
 
     def broadcast(self, kind: str, body: Mapping[str, Any]) -> None:
@@ -178,7 +193,10 @@ class Transport:
 
     def reply(self, route: ClientRoute, kind: str, body: Mapping[str, Any]) -> None:
         """Answer a client request; the response carries the request's correlation id."""
-        self._outbox.put(("client", route, kind, body))
+        if threading.get_ident() == self._io_thread_id:
+            self._send_to_client(route, kind, body)
+            return
+        self._outbox.append((self._send_to_client, route, kind, body))
         self._wake()
 
     def peer_stats(self) -> dict[str, PeerStats]:
@@ -264,45 +282,80 @@ class Transport:
             self._peers[peer.id] = _Peer(PeerStats(peer.id, peer.address), dealer, monitor)
 
     def _close_sockets(self) -> None:
+        # Stop every monitor before closing its reading end: ZeroMQ sends monitor events with a
+        # blocking send under the monitored socket's lock, so an event sent to a closed reader
+        # would wedge ZeroMQ's I/O thread, and then disable_monitor() here.
+        routers = [getattr(self, name, None) for name in ("_peer_router", "_client_router")]
+        sockets = [sock for sock in routers if sock is not None]
+        sockets += [peer.socket for peer in self._peers.values()]
+        for sock in sockets:
+            sock.disable_monitor()
         for monitor in getattr(self, "_router_monitors", []):
             monitor.close(0)
         for peer in self._peers.values():
-            peer.socket.disable_monitor()
             peer.monitor.close(0)
-            peer.socket.close(0)
-        for name in ("_peer_router", "_client_router"):
-            sock = getattr(self, name, None)
-            if sock is not None:
-                sock.disable_monitor()
-                sock.close(0)
+        for sock in sockets:
+            sock.close(0)
 
     def _loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._peer_router, zmq.POLLIN)
-        poller.register(self._client_router, zmq.POLLIN)
-        poller.register(self._wake_fd, zmq.POLLIN)
-        monitors = {peer.monitor: peer for peer in self._peers.values()}
-        for monitor in [*monitors, *self._router_monitors]:
-            poller.register(monitor, zmq.POLLIN)
+        """Sleep in poll(2) on the routers' ZMQ_FDs and the wake-up eventfd, then do the work.
+
+        A ZMQ_FD only says that the socket's state may have changed, and a send or receive on the
+        socket can consume that signal: so a router is drained (until ZMQ_EVENTS says it is empty)
+        before sleeping whenever its FD fired, it was sent on, or its last drain stopped at the
+        batch bound. This costs fewer system calls per message than zmq_poll, which asks every
+        socket for its ZMQ_EVENTS twice per sleep.
+        """
+        peer_fd = self._peer_router.get(zmq.FD)
+        client_fd = self._client_router.get(zmq.FD)
+        traffic = select.poll()
+        for fd in (peer_fd, client_fd, self._wake_fd):
+            traffic.register(fd, select.POLLIN)
+        monitors = zmq.Poller()  # looked at on the housekeeping tick only
+        on_monitor_event: dict[zmq.Socket, Callable[[], None]] = {}
+        for peer in self._peers.values():
+            on_monitor_event[peer.monitor] = functools.partial(self._on_monitor_event, peer)
+        for monitor in self._router_monitors:
+            on_monitor_event[monitor] = functools.partial(self._on_router_event, monitor)
+        for monitor in on_monitor_event:
+            monitors.register(monitor, zmq.POLLIN)
+        housekeeping_every = min(HOUSEKEEPING_MS, self._settings.peer_heartbeat_ms) / 1000
         heartbeat_every = self._settings.peer_heartbeat_ms / 1000
-        next_heartbeat = time.monotonic()
+        now = time.monotonic()
+        next_housekeeping = next_heartbeat = now
+        peer_more = client_more = True  # look at both routers before the first sleep
+        peer_fired = client_fired = False
         while not self._stopping.is_set():
-            timeout_ms = max(0.0, (next_heartbeat - time.monotonic()) * 1000)
-            for sock, _ in poller.poll(timeout_ms):
-                if sock is self._peer_router:
-                    self._drain_router(self._peer_router, from_client=False)
-                elif sock is self._client_router:
-                    self._drain_router(self._client_router, from_client=True)
-                elif sock == self._wake_fd:
-                    self._drain_outbox()
-                elif sock in monitors:
-                    self._on_monitor_event(monitors[sock])
+            if peer_fired or peer_more:
+                peer_more = self._drain_router(
+                    self._peer_router, from_client=False, fired=peer_fired
+                )
+            if client_fired or client_more or self._client_sent:
+                client_more = self._drain_router(
+                    self._client_router, from_client=True, fired=client_fired
+                )
+            if peer_more or client_more or self._client_sent:
+                timeout_ms = 0.0
+            else:
+                timeout_ms = max(0.0, (next_housekeeping - now) * 1000)
+            ready = traffic.poll(timeout_ms)
+            now = self._woken_at = time.monotonic()
+            peer_fired = client_fired = False
+            for fd, _ in ready:
+                if fd == peer_fd:
+                    peer_fired = True
+                elif fd == client_fd:
+                    client_fired = True
                 else:
-                    self._on_router_event(sock)
-            if time.monotonic() >= next_heartbeat:
-                for peer_id in self._peers:
-                    self._send_to_peer(peer_id, HEARTBEAT_KIND, {})
-                next_heartbeat = time.monotonic() + heartbeat_every
+                    self._drain_outbox()
+            if now >= next_housekeeping:
+                for monitor, _ in monitors.poll(0):
+                    on_monitor_event[monitor]()
+                if now >= next_heartbeat:
+                    for peer_id in self._peers:
+                        self._send_to_peer(peer_id, HEARTBEAT_KIND, {})
+                    next_heartbeat = now + heartbeat_every
+                next_housekeeping = now + housekeeping_every
 
     def _drain_outbox(self) -> None:
         try:
@@ -310,17 +363,10 @@ class Transport:
         except BlockingIOError:
             pass
         self._wake_pending = False
-        while True:
-            try:
-                item = self._outbox.get_nowait()
-            except queue.Empty:
-                return
-            if item[0] == "peer":
-                _, peer, kind, body = item
-                self._send_to_peer(peer, kind, body)
-            else:
-                _, route, kind, body = item
-                self._send_to_client(route, kind, body)
+        outbox = self._outbox
+        while outbox:
+            send, destination, kind, body = outbox.popleft()
+            send(destination, kind, body)
 
     def _send_to_peer(self, peer_id: str, kind: str, body: Mapping[str, Any]) -> None:
         peer = self._peers.get(peer_id)
@@ -334,43 +380,55 @@ class Transport:
             self._count_out_drop(peer)
             return
         try:
-            peer.socket.send(frame, zmq.NOBLOCK)
+            peer.socket.send(frame, _NOBLOCK)
         except zmq.Again:  # not connected (IMMEDIATE) or at its HWM: drop, never block
             self._count_out_drop(peer)
             return
-        with self._lock:
-            peer.stats.msgs_out += 1
-            peer.stats.bytes_out += len(frame)
+        stats = peer.stats  # per-message counters: see PeerStats
+        stats.msgs_out += 1
+        stats.bytes_out += len(frame)
 
     def _count_out_drop(self, peer: _Peer) -> None:
         with self._lock:
             peer.stats.drops_out += 1
 
     def _send_to_client(self, route: ClientRoute, kind: str, body: Mapping[str, Any]) -> None:
+        self._client_sent = True  # a send may consume the router's ZMQ_FD signal
         try:
             frame = self.codec.encode(kind, body, route.request_id)
-            self._client_router.send_multipart([route.identity, frame], zmq.NOBLOCK)
+            self._client_router.send_multipart([route.identity, frame], _NOBLOCK)
         except WireError as error:
             log.error("node %s: cannot encode reply %s: %s", self.node_id, kind, error)
             self._count_drop("reply-unencodable")
         except zmq.ZMQError:  # client gone (EHOSTUNREACH) or not reading (EAGAIN)
             self._count_drop("reply-undeliverable")
 
-    def _drain_router(self, router: zmq.Socket, *, from_client: bool) -> None:
-        for _ in range(256):  # bounded, so one busy socket cannot starve the others
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            self._on_frames(frames, from_client)
-            if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return
+    def _drain_router(self, router: zmq.Socket, *, from_client: bool, fired: bool) -> bool:
+        """Take what is queued, up to a batch; True when the bound stopped it, as more may wait.
 
-    def _on_frames(self, frames: list[bytes], from_client: bool) -> None:
-        if len(frames) != 2:
-            self._count_drop("frame-count")
-            return
-        identity, frame = frames
+        When the router's FD fired a message is most likely waiting, so the first receive goes
+        ahead without asking ZMQ_EVENTS; the drain always ends on a ZMQ_EVENTS check.
+        """
+        for _ in range(DRAIN_BATCH):
+            if from_client:
+                self._client_sent = False  # the check below covers the sends before it
+            if not fired and not router.get(_EVENTS) & _POLLIN:
+                return False
+            fired = False
+            try:
+                identity = router.recv(_NOBLOCK)  # a ROUTER's first frame: the sender's identity
+            except zmq.Again:  # the FD fired for something else (a connection came or went)
+                continue
+            frame = router.recv(_NOBLOCK, copy=False)  # a Frame tells `more` without a getsockopt
+            if frame.more:
+                while frame.more:
+                    frame = router.recv(_NOBLOCK, copy=False)
+                self._count_drop("frame-count")
+                continue
+            self._on_frame(identity, frame.bytes, from_client)
+        return True
+
+    def _on_frame(self, identity: bytes, frame: bytes, from_client: bool) -> None:
         if len(frame) > self._settings.max_message_bytes:
             self._count_drop("oversized")
             return
@@ -390,10 +448,10 @@ class Transport:
         if peer is None:
             self._count_drop("unknown-sender")
             return
-        with self._lock:
-            peer.last_heard = time.monotonic()
-            peer.stats.msgs_in += 1
-            peer.stats.bytes_in += len(frame)
+        stats = peer.stats  # per-message counters: see PeerStats
+        peer.last_heard = self._woken_at
+        stats.msgs_in += 1
+        stats.bytes_in += len(frame)
         if envelope.kind != HEARTBEAT_KIND:
             self._dispatch(Inbound(envelope))
 

@@ -1,8 +1,13 @@
 """Node-to-node round trips through the transport versus raw pyzmq DEALER/ROUTER, two processes.
 
 Prints one JSON line. Both sides answer on their I/O thread, so the figures are the transport's
-own cost (envelope, poller, dispatch); `actor_` figures add a pykka actor hop on the sending side,
-as a real subsystem pays. Usage: python bench/transport.py [--seconds S] [--inflight N]
+own cost (envelope checks, poller, dispatch, stats); `actor_` figures add a pykka actor hop on the
+sending side, as a real subsystem pays. For a fair baseline the raw nodes are wired like transport
+nodes (each binds a ROUTER and sends through a DEALER to the other's, so a reply takes the other
+TCP connection), send the same bytes (the 7-field envelope, packed and unpacked with msgpack on
+both sides, unchecked), and alternate rounds with the transport in one run, so that load from
+elsewhere on the machine falls on both.
+Usage: python bench/transport.py [--count N] [--inflight N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from actors.transport import Inbound, Transport  # noqa: E402
 from caddy.config import ClusterConfig, parse_topology  # noqa: E402
 
 PAYLOAD = {"term": 7, "index": 123456, "data": b"x" * 100}
+PIPELINE_FACTOR = 5  # pipelined rounds carry this many times the sequential round's messages
 
 
 def free_port() -> int:
@@ -76,23 +82,39 @@ def transport_echo(config: ClusterConfig, stop: multiprocessing.Event) -> None:
     transport.stop()
 
 
-def raw_echo(endpoint: str, stop: multiprocessing.Event) -> None:
-    router = zmq.Context.instance().socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind(endpoint)
+def raw_frame(kind: str, body: dict) -> bytes:
+    """The bytes the transport would send: the envelope, packed without the codec's checks."""
+    return msgpack.packb([1, "bench", "a", kind, 0, 0, body], use_bin_type=True)
+
+
+def raw_node(own_address: str, peer_address: str) -> tuple[zmq.Socket, zmq.Socket]:
+    """A raw node wired like a transport node: a ROUTER bound here, a DEALER to the peer."""
+    context = zmq.Context.instance()
+    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    for sock in (router, dealer):
+        sock.setsockopt(zmq.LINGER, 0)
+    router.bind(own_address)
+    dealer.connect(peer_address)
+    return router, dealer
+
+
+def raw_echo(own_address: str, peer_address: str, stop: multiprocessing.Event) -> None:
+    router, dealer = raw_node(own_address, peer_address)
     while not stop.is_set():
         if router.poll(100):
-            identity, frame = router.recv_multipart()
-            router.send_multipart([identity, msgpack.packb(msgpack.unpackb(frame))])
+            _, frame = router.recv_multipart()
+            dealer.send(raw_frame("bench.pong", msgpack.unpackb(frame)[6]))
     router.close()
+    dealer.close()
 
 
 # ----- the measuring side ----------------------------------------------------------------------
 
 
 def wait_connected(transport: Transport, peer: str) -> None:
+    """Until both directions work: a frame came in, and one went out (sends before that drop)."""
     deadline = time.monotonic() + 10
-    while not transport.peer_stats()[peer].hearing:
+    while not ((stats := transport.peer_stats()[peer]).hearing and stats.msgs_out > 0):
         if time.monotonic() > deadline:
             raise SystemExit("bench: the echo node never answered")
         time.sleep(0.01)
@@ -151,101 +173,152 @@ class PingActor(pykka.ThreadingActor):
         self.transport.send("b", "bench.ping", {**PAYLOAD, "t": time.perf_counter()})
 
 
-def measure_transport(config: ClusterConfig, count: int, inflight: int) -> dict[str, float]:
-    transport = Transport(config, "a")
-    handler: list = [None]
-    transport.register("bench", lambda inbound: handler[0](inbound))
-    transport.start()
-    try:
-        wait_connected(transport, "b")
-        sequential = IoLoopPinger(transport, count, 1)
-        handler[0] = sequential.on_pong
-        rtts, _ = sequential.run()
-        pipelined = IoLoopPinger(transport, count * 5, inflight)
-        handler[0] = pipelined.on_pong
-        _, msgs_per_s = pipelined.run()
-        actor = PingActor.start(transport, count)
-        handler[0] = actor.tell
+class RawPinger:
+    """The baseline: pings the raw echo, sequentially or with `inflight` pending."""
+
+    def __init__(self, own_address: str, peer_address: str) -> None:
+        self.router, self.dealer = raw_node(own_address, peer_address)
+        self.ping({**PAYLOAD, "t": 0.0})  # warm up both connections
+        self.pong()
+
+    def ping(self, body: dict) -> None:
+        self.dealer.send(raw_frame("bench.ping", body))
+
+    def pong(self) -> dict:
+        return msgpack.unpackb(self.router.recv_multipart()[1])[6]
+
+    def sequential(self, count: int) -> list[float]:
+        rtts = []
+        for _ in range(count):
+            self.ping({**PAYLOAD, "t": time.perf_counter()})
+            sent_at = self.pong()["t"]
+            rtts.append(time.perf_counter() - sent_at)
+        return rtts
+
+    def pipelined(self, total: int, inflight: int) -> float:
+        started = time.perf_counter()
+        sent = received = 0
+        while received < total:
+            while sent < total and sent - received < inflight:
+                self.ping({**PAYLOAD, "t": time.perf_counter()})
+                sent += 1
+            self.pong()
+            received += 1
+        return total / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.router.close()
+        self.dealer.close()
+
+
+class TransportPinger:
+    """The transport side: node a pings node b from a's I/O thread, then from a pykka actor."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.transport = Transport(config, "a")
+        self.handler: list = [None]
+        self.transport.register("bench", lambda inbound: self.handler[0](inbound))
+        self.transport.start()
+        wait_connected(self.transport, "b")
+
+    def sequential(self, count: int) -> list[float]:
+        pinger = IoLoopPinger(self.transport, count, 1)
+        self.handler[0] = pinger.on_pong
+        return pinger.run()[0]
+
+    def pipelined(self, total: int, inflight: int) -> float:
+        pinger = IoLoopPinger(self.transport, total, inflight)
+        self.handler[0] = pinger.on_pong
+        return pinger.run()[1]
+
+    def through_actor(self, count: int) -> list[float]:
+        actor = PingActor.start(self.transport, count)
+        self.handler[0] = actor.tell
         actor.tell("go")
         actor_proxy = actor.proxy()
-        actor_proxy.done.get().wait(120)
-        actor_rtts = actor_proxy.rtts.get()
+        if not actor_proxy.done.get().wait(120):
+            raise SystemExit("bench: actor pings were lost")
+        rtts = actor_proxy.rtts.get()
         actor.stop()
-        result = summary("transport_", rtts, msgs_per_s)
-        result["actor_rtt_p50_us"] = round(statistics.median(actor_rtts) * 1e6, 1)
-        return result
+        return rtts
+
+    def close(self) -> None:
+        self.transport.stop()
+
+
+def measure(
+    config: ClusterConfig, raw_addresses: list[str], count: int, inflight: int, rounds: int
+) -> dict[str, float]:
+    """Alternate raw and transport rounds (swapping which goes first) and pool their samples."""
+    transport, raw = TransportPinger(config), RawPinger(*raw_addresses)
+    try:
+        per_round = max(1, count // rounds)
+        rtts: dict[str, list[float]] = {"transport_": [], "raw_": []}
+        rates: dict[str, list[float]] = {"transport_": [], "raw_": []}
+        for round_number in range(rounds):
+            sides = [("transport_", transport), ("raw_", raw)]
+            for prefix, side in sides if round_number % 2 == 0 else reversed(sides):
+                rtts[prefix] += side.sequential(per_round)
+                rates[prefix].append(side.pipelined(per_round * PIPELINE_FACTOR, inflight))
+        actor_rtts = transport.through_actor(count)
     finally:
-        transport.stop()
-
-
-def measure_raw(endpoint: str, count: int, inflight: int) -> dict[str, float]:
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(endpoint)
-    dealer.send(msgpack.packb({**PAYLOAD, "t": 0.0}))  # warm up the connection
-    dealer.recv()
-    rtts = []
-    for _ in range(count):
-        started = time.perf_counter()
-        dealer.send(msgpack.packb({**PAYLOAD, "t": started}))
-        msgpack.unpackb(dealer.recv())
-        rtts.append(time.perf_counter() - started)
-    total = count * 5
-    started = time.perf_counter()
-    sent = received = 0
-    while received < total:
-        while sent < total and sent - received < inflight:
-            dealer.send(msgpack.packb({**PAYLOAD, "t": time.perf_counter()}))
-            sent += 1
-        msgpack.unpackb(dealer.recv())
-        received += 1
-    msgs_per_s = total / (time.perf_counter() - started)
-    dealer.close()
-    return summary("raw_", rtts, msgs_per_s)
+        transport.close()
+        raw.close()
+    result: dict[str, float] = {}
+    for prefix in ("transport_", "raw_"):
+        result |= summary(prefix, rtts[prefix], statistics.median(rates[prefix]))
+    result["actor_rtt_p50_us"] = round(statistics.median(actor_rtts) * 1e6, 1)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=5000, help="sequential round trips")
+    parser.add_argument("--count", type=int, default=5000, help="sequential round trips per side")
     parser.add_argument("--inflight", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of raw and transport")
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
 
     config = bench_config()
+    raw_addresses = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]  # pinger's, echo's
     stop = context.Event()
-    echo = context.Process(target=transport_echo, args=(config, stop))
-    echo.start()
+    echoes = [
+        context.Process(target=transport_echo, args=(config, stop)),
+        context.Process(target=raw_echo, args=(*reversed(raw_addresses), stop)),
+    ]
+    for echo in echoes:
+        echo.start()
     try:
-        transport = measure_transport(config, args.count, args.inflight)
+        figures = measure(config, raw_addresses, args.count, args.inflight, args.rounds)
     finally:
         stop.set()
-        echo.join(10)
-
-    raw_endpoint = f"tcp://127.0.0.1:{free_port()}"
-    stop = context.Event()
-    echo = context.Process(target=raw_echo, args=(raw_endpoint, stop))
-    echo.start()
-    try:
-        raw = measure_raw(raw_endpoint, args.count, args.inflight)
-    finally:
-        stop.set()
-        echo.join(10)
+        for echo in echoes:
+            echo.join(10)
 
     result = {
         "bench": "transport",
-        **transport,
-        **raw,
-        "ratio": round(transport["transport_rtt_p50_us"] / raw["raw_rtt_p50_us"], 2),
-        "throughput_ratio": round(raw["raw_msgs_per_s"] / transport["transport_msgs_per_s"], 2),
-        "settings": {"count": args.count, "inflight": args.inflight, "payload_bytes": 100},
+        **figures,
+        "ratio": round(figures["transport_rtt_p50_us"] / figures["raw_rtt_p50_us"], 2),
+        "throughput_ratio": round(figures["raw_msgs_per_s"] / figures["transport_msgs_per_s"], 2),
+        "settings": {
+            "count": args.count,
+            "inflight": args.inflight,
+            "rounds": args.rounds,
+            "payload_bytes": 100,
+        },
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
         },
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": max_rss_mb(resource.RUSAGE_SELF),
+        "echo_peak_rss_mb": max_rss_mb(resource.RUSAGE_CHILDREN),
     }
     print(json.dumps(result))
+
+
+def max_rss_mb(who: int) -> float:
+    return round(resource.getrusage(who).ru_maxrss / 1024, 1)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ FLAG_COMPRESSED = 0x1
 _KNOWN_FLAGS = FLAG_COMPRESSED
 _ENVELOPE_FIELDS = 7
 MAX_NAME_LENGTH = 128  # cluster names, node ids and kinds are short identifiers
+_FRAME_TYPES = (bytes, bytearray, memoryview)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +47,12 @@ class Codec:
     compress_threshold: int | None = 4096
 
     def encode(self, kind: str, body: Mapping[str, Any], request_id: int = 0) -> bytes:
-        header = [PROTOCOL_VERSION, self.cluster, self.sender, kind, request_id]
         try:
-            frame = _pack([*header, 0, body])
+            frame = _pack([PROTOCOL_VERSION, self.cluster, self.sender, kind, request_id, 0, body])
             # Small frames (the common case) are packed once; large ones get a compressed body.
             if self.compress_threshold is not None and len(frame) > self.compress_threshold:
                 compressed = zlib.compress(_pack(body), 1)
+                header = [PROTOCOL_VERSION, self.cluster, self.sender, kind, request_id]
                 frame = _pack([*header, FLAG_COMPRESSED, compressed])
         except (TypeError, ValueError, OverflowError) as error:
             raise WireError(f"cannot encode {kind!r}: {error}") from error
@@ -71,19 +72,20 @@ class Codec:
 
 def decode_envelope(frame: bytes, max_message_bytes: int) -> Envelope:
     """Decode a frame of any cluster. Raises WireError, and only WireError, on bad input."""
-    if not isinstance(frame, bytes | bytearray | memoryview):
+    if not isinstance(frame, _FRAME_TYPES):
         raise WireError("frame is not bytes")
     if len(frame) > max_message_bytes:
         raise WireError(f"frame of {len(frame)} bytes is over the {max_message_bytes} limit")
     fields = _unpack(frame)
-    if not isinstance(fields, list) or len(fields) != _ENVELOPE_FIELDS:
+    if type(fields) is not list or len(fields) != _ENVELOPE_FIELDS:  # msgpack makes exact lists
         raise WireError("envelope is not a list of 7 fields")
     version, cluster, sender, kind, request_id, flags, payload = fields
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise WireError(f"unsupported protocol version {version!r}")
-    for name, value in (("cluster", cluster), ("sender", sender), ("kind", kind)):
-        if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH:
-            raise WireError(f"{name} must be a non-empty short string")
+    if not (_is_name(cluster) and _is_name(sender) and _is_name(kind)):
+        for name, value in (("cluster", cluster), ("sender", sender), ("kind", kind)):
+            if not _is_name(value):
+                raise WireError(f"{name} must be a non-empty short string")
     if type(request_id) is not int or request_id < 0:
         raise WireError("request id must be a non-negative int")
     if type(flags) is not int or flags & ~_KNOWN_FLAGS:
@@ -93,6 +95,10 @@ def decode_envelope(frame: bytes, max_message_bytes: int) -> Envelope:
     if not isinstance(payload, dict):
         raise WireError("body is not a map")
     return Envelope(cluster, sender, kind, payload, request_id)
+
+
+def _is_name(value: Any) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH  # msgpack makes exact strs
 
 
 def _pack(value: Any) -> bytes:

@@ -3,6 +3,7 @@
 import os
 import queue
 import socket
+import threading
 from urllib.parse import urlsplit
 
 import msgpack
@@ -198,3 +199,63 @@ def test_client_requests_carry_a_route_and_get_their_reply(pair):
     answer = codec.decode(client.recv())
     assert (answer.kind, answer.request_id, answer.body) == ("client.hello.ok", 99, {"y": 2})
     client.close()
+
+
+def wait_linked(transports):
+    """Until each side has heard the other and got a frame out (earlier sends are dropped)."""
+
+    def linked(a, b):
+        stats = transports[a].peer_stats()[b]
+        return stats.connected and stats.hearing and stats.msgs_out > 0
+
+    wait_until(lambda: linked("n1", "n2") and linked("n2", "n1"), 10, "both links up")
+
+
+def test_a_burst_larger_than_one_drain_batch_is_delivered_whole_and_in_order(pair):
+    _, transports, inboxes = pair
+    wait_linked(transports)
+    drops_before = transports["n1"].peer_stats()["n2"].drops_out  # heartbeats before the link
+    for n in range(1000):
+        transports["n1"].send("n2", "test.burst", {"n": n})
+    got = [inboxes["n2"].get(timeout=10).envelope.body["n"] for _ in range(1000)]
+    assert got == list(range(1000))
+    assert transports["n1"].peer_stats()["n2"].drops_out == drops_before
+
+
+def test_handlers_on_the_io_thread_reply_inline_to_every_client_request(tmp_path):
+    config = load_topology(write_topology(tmp_path, 2))
+    server = Transport(config, "n1")
+    server.register("client", lambda inbound: server.reply(inbound.route, "client.ok", {}))
+    server.start()
+    client = raw_dealer(config.node("n1").client_address)
+    codec = Codec(cluster="test", sender="c1")
+    try:
+        for request_id in range(1, 301):  # more than one drain batch, answered while it drains
+            client.send(codec.encode("client.ping", {}, request_id=request_id))
+        answers = []
+        for _ in range(300):
+            assert client.poll(10_000)
+            answers.append(codec.decode(client.recv()).request_id)
+        assert sorted(answers) == list(range(1, 301))
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_nodes_stopping_at_the_same_moment_both_stop(tmp_path):
+    """A peer's disconnect during stop() raises monitor events; they must not wedge the stop."""
+    for attempt in range(5):
+        folder = tmp_path / str(attempt)  # fresh ports: ZeroMQ releases closed ones in its own time
+        folder.mkdir()
+        config = load_topology(write_topology(folder, 2))
+        transports = {node_id: Transport(config, node_id) for node_id in ("n1", "n2")}
+        for transport in transports.values():
+            transport.start()
+        wait_linked(transports)
+        stoppers = [threading.Thread(target=t.stop) for t in transports.values()]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(timeout=10)
+        assert not any(stopper.is_alive() for stopper in stoppers)
+        assert not any(transport._thread.is_alive() for transport in transports.values())
