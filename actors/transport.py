@@ -93,6 +93,7 @@ class _Peer:
     socket: zmq.Socket
     monitor: zmq.Socket
     last_heard: float | None = None
+    msgs_out_at_heartbeat: int = -1  # msgs_out when the heartbeat timer last fired
 
 
 _monitor_ids = itertools.count()
@@ -352,10 +353,16 @@ class Transport:
                 for monitor, _ in monitors.poll(0):
                     on_monitor_event[monitor]()
                 if now >= next_heartbeat:
-                    for peer_id in self._peers:
-                        self._send_to_peer(peer_id, HEARTBEAT_KIND, {})
+                    self._send_heartbeats()
                     next_heartbeat = now + heartbeat_every
                 next_housekeeping = now + housekeeping_every
+
+    def _send_heartbeats(self) -> None:
+        """Any frame tells a peer we are alive: only a link that carried nothing gets one."""
+        for peer_id, peer in self._peers.items():
+            if peer.stats.msgs_out == peer.msgs_out_at_heartbeat:
+                self._send_to_peer(peer_id, HEARTBEAT_KIND, {})
+            peer.msgs_out_at_heartbeat = peer.stats.msgs_out
 
     def _drain_outbox(self) -> None:
         try:
