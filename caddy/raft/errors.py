@@ -8,3 +8,7 @@ from caddy.errors import CaddyError
 
 class RequestRejected(CaddyError):
     """A proposal, membership change or transfer that the leader cannot accept right now."""
+
+
+class CommittedEntryConflict(CaddyError):
+    """A leader sent entries that contradict committed ones: a faulty peer; never obeyed."""

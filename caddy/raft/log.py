@@ -8,6 +8,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
+from caddy.raft.errors import CommittedEntryConflict
 from caddy.raft.types import Entry, SnapshotMeta
 
 
@@ -87,7 +88,8 @@ class RaftLog:
 
         Only a real term conflict truncates: entries already held are kept, so a delayed or
         duplicated AppendEntries never shortens the log. Returns the index where the log was
-        truncated, or None.
+        truncated, or None; raises CommittedEntryConflict (changing nothing) rather than
+        truncate a committed entry.
         """
         if not entries:
             return None
@@ -111,7 +113,8 @@ class RaftLog:
         first_new = entries[start].index
         truncated_at = None
         if first_new <= last_index:
-            assert first_new > self.commit, "a leader never contradicts a committed entry"
+            if first_new <= self.commit:
+                raise CommittedEntryConflict(f"entry {first_new} contradicts a committed entry")
             del self.entries[first_new - self.snapshot.index - 1 :]
             self.stable_index = min(self.stable_index, first_new - 1)
             truncated_at = first_new

@@ -95,6 +95,20 @@ class MemoryLogStorage:
     def unsynced_writes(self) -> int:
         return len(self._pending)
 
+    def stored_term(self, index: int) -> int | None:
+        """The term of the stored (maybe unsynced) entry at `index`, if there is one."""
+        state = self._current
+        offset = index - state.first_index()
+        return state.entries[offset].term if 0 <= offset < len(state.entries) else None
+
+    def durably_holds(self, index: int, term: int) -> bool:
+        """Whether a crash right now would keep entry (index, term), itself or in the snapshot."""
+        state = self._durable
+        if state.snapshot is not None and state.snapshot.index >= index:
+            return True
+        offset = index - state.first_index()
+        return 0 <= offset < len(state.entries) and state.entries[offset].term == term
+
     def durable_state(self) -> RecoveredState:
         """What a crash right now would leave (for invariant checks)."""
         state = self._durable

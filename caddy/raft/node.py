@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from caddy.errors import NotLeader
-from caddy.raft.errors import RequestRejected
+from caddy.raft.errors import CommittedEntryConflict, RequestRejected
 from caddy.raft.log import RaftLog
 from caddy.raft.membership import (
     ChangeKind,
@@ -649,7 +649,7 @@ class RaftNode:
         )
 
     def _broadcast_heartbeat(self) -> None:
-        round_number = self._reads.start_round(self._now)
+        round_number = self._reads.start_round(self._lease_clock())
         commit = self.log.commit
         for peer, progress in self._progress.items():
             self._send(
@@ -784,7 +784,7 @@ class RaftNode:
         if self._lease_reads and self._now < self._lease_until:
             self._read_states.append(ReadState(context, self.log.commit))
             return
-        round_number = self._reads.start_round(self._now)
+        round_number = self._reads.start_round(self._lease_clock())
         self._reads.add_read(round_number, context, self.log.commit)
         commit = self.log.commit
         for peer, progress in self._progress.items():
@@ -793,6 +793,10 @@ class RaftNode:
                     peer, Heartbeat(self.term, self.id, min(progress.match, commit), round_number)
                 )
         self._confirm_reads()
+
+    def _lease_clock(self) -> int | None:
+        """The tick a confirmation round starts at, remembered only when leases need it."""
+        return self._now if self._lease_reads else None
 
     def _confirm_reads(self) -> None:
         confirmed = self._reads.confirmed_round(self._voting, self.id)
@@ -823,7 +827,11 @@ class RaftNode:
             self._reject_append(message)
             return
         old_last = log.last_index()
-        truncated_at = log.merge(message.prev_index, message.entries)
+        try:
+            truncated_at = log.merge(message.prev_index, message.entries)
+        except CommittedEntryConflict as error:
+            logger.error("%s: ignoring AppendEntries from %s: %s", self.id, message.sender, error)
+            return
         if truncated_at is not None:
             self._config_entries = [c for c in self._config_entries if c[0] < truncated_at]
         appended_from = truncated_at if truncated_at is not None else old_last + 1

@@ -31,9 +31,11 @@ class ReadIndexTracker:
         self._acked: dict[str, int] = {}
         self._waiting: deque[tuple[int, bytes, int]] = deque()  # (round, context, index)
 
-    def start_round(self, now: int) -> int:
+    def start_round(self, now: int | None) -> int:
+        """Open the next round; `now` (for leases) is kept until a later round is confirmed."""
         self.round += 1
-        self._round_ticks[self.round] = now
+        if now is not None:
+            self._round_ticks[self.round] = now
         return self.round
 
     def add_read(self, round_number: int, context: bytes, index: int) -> None:

@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 from caddy.raft.membership import MemberRole
-from caddy.raft.messages import Message
+from caddy.raft.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
 from caddy.raft.read_index import ReadState
 from caddy.raft.types import Entry, HardState, SnapshotMeta
+
+# Leader replication messages: the only ones a driver may send before persisting (see Ready).
+SEND_BEFORE_PERSIST: tuple[type, ...] = (AppendEntries, Heartbeat, InstallSnapshot)
 
 
 class StateRole(Enum):
@@ -61,7 +64,12 @@ class Ready:
     3. `hard_state`: `storage.set_hard_state(hard_state)`;
     4. if `must_sync`: `storage.sync()`;
     5. only now send `messages`: votes and acknowledgements among them promise that 1-4 are
-       durable, so sending earlier (or after a crash lost unsynced writes) breaks safety;
+       durable, so sending earlier (or after a crash lost unsynced writes) breaks safety.
+       One exception, as in etcd: the leader's replication messages (the types in
+       `SEND_BEFORE_PERSIST`) may go out before steps 1-4, so that the followers' disks and
+       the leader's work at once. That is safe because the core counts the leader's own
+       entries towards commit only once `advance` reports them persisted, and a leader's term
+       and vote were made durable before it could win (its RequestVotes waited for them);
     6. apply `committed_entries` in order (NOOP and CONFIG entries need no state machine work);
        serve `read_states` once the state machine applied their index;
     7. if `snapshot_request` is set, when convenient take a state machine snapshot at the

@@ -1,0 +1,107 @@
+"""Snapshots: requested at the threshold, log compaction, chunked InstallSnapshot to laggards."""
+
+import pytest
+
+from caddy.raft.messages import InstallSnapshot, SnapshotResponse
+from caddy.raft.progress import ProgressState
+from tests.unit.raft.cluster import Cluster
+
+
+def snapshot_everyone(cluster):
+    """What a driver does on snapshot_request: snapshot the state machine, compact, save."""
+    for node_id, node in cluster.nodes.items():
+        if node_id in cluster.down or node.applied_index == node.log.snapshot.index:
+            continue
+        data = b"|".join(cluster.commands(node_id))
+        meta = node.compact(node.applied_index, data)
+        cluster.storage[node_id].save_snapshot(meta, data)
+
+
+def test_a_snapshot_is_requested_once_the_threshold_is_reached():
+    cluster = Cluster(snapshot_threshold=10)
+    cluster.elect("a")
+    cluster.propose("a", *[b"%d" % i for i in range(5)])
+    assert not [r for r in cluster.readies["a"] if r.snapshot_request]
+    cluster.propose("a", *[b"%d" % i for i in range(5, 12)])
+    requests = [r.snapshot_request for r in cluster.readies["a"] if r.snapshot_request]
+    assert len(requests) == 1 and requests[0] >= 10
+
+
+def test_compact_drops_the_log_and_keeps_working():
+    cluster = Cluster()
+    leader = cluster.elect("a")
+    cluster.propose("a", b"x", b"y")
+    snapshot_everyone(cluster)
+    assert leader.log.entries == [] and leader.log.snapshot.index == 3
+    assert cluster.storage["a"].load().snapshot.index == 3
+    cluster.propose("a", b"z")
+    assert cluster.commands("b") == [b"x", b"y", b"z"]
+    with pytest.raises(ValueError):
+        leader.compact(leader.applied_index + 1, b"")
+
+
+def test_a_lagging_follower_gets_the_snapshot_in_chunks_and_catches_up():
+    cluster = Cluster(snapshot_chunk_bytes=4)
+    leader = cluster.elect("a")
+    cluster.isolate("c")
+    cluster.propose("a", b"alpha", b"beta", b"gamma")
+    snapshot_everyone(cluster)
+    cluster.propose("a", b"delta")
+    cluster.heal()
+    cluster.outbox = []
+    cluster.tick(3)
+    chunks = [
+        m
+        for r in cluster.readies["a"]
+        for to, m in r.messages
+        if to == "c" and isinstance(m, InstallSnapshot)
+    ]
+    assert sorted({m.offset for m in chunks}) == [0, 4, 8, 12]
+    assert chunks[-1].done
+    assert cluster.snapshots["c"] == b"alpha|beta|gamma"
+    follower = cluster.nodes["c"]
+    assert follower.log.snapshot.index == leader.log.snapshot.index
+    assert cluster.commands("c") == [b"delta"]
+    assert leader.progress_of("c").state is ProgressState.REPLICATE
+    # The installed snapshot is durable: a restart starts from it.
+    cluster.crash("c")
+    restarted = cluster.start("c")
+    assert restarted.log.snapshot.index == leader.log.snapshot.index
+    assert cluster.storage["c"].load().snapshot_data == b"alpha|beta|gamma"
+
+
+def test_lost_chunks_are_resent_and_a_failed_transfer_restarts():
+    cluster = Cluster(snapshot_chunk_bytes=2)
+    leader = cluster.elect("a")
+    cluster.isolate("c")
+    cluster.propose("a", b"abcdefgh")
+    snapshot_everyone(cluster)
+    cluster.heal()
+    cluster.drop = lambda sender, to, message: isinstance(message, SnapshotResponse)
+    cluster.tick(3)
+    progress = leader.progress_of("c")
+    assert progress.state is ProgressState.SNAPSHOT
+    chunks = [
+        m
+        for r in cluster.readies["a"]
+        for to, m in r.messages
+        if to == "c" and isinstance(m, InstallSnapshot)
+    ]
+    assert len(chunks) > 1 and {m.offset for m in chunks} == {0}  # resent, never advanced
+    leader.report_snapshot_failed("c")
+    assert progress.state is ProgressState.PROBE
+    cluster.drop = None
+    cluster.tick(5)
+    assert cluster.snapshots["c"] == b"abcdefgh"
+    assert cluster.nodes["c"].commit_index == leader.commit_index
+
+
+def test_a_snapshot_older_than_the_commit_index_is_acknowledged_not_installed():
+    cluster = Cluster()
+    leader = cluster.elect("a")
+    cluster.propose("a", b"x", b"y")
+    follower = cluster.nodes["b"]
+    follower.step(InstallSnapshot(leader.term, "a", leader.log.snapshot, 0, b"", True))
+    ready = follower.ready()
+    assert ready.snapshot is None
+    assert ready.messages[-1][1].success
