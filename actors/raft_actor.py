@@ -38,6 +38,7 @@ from caddy.storage import SqliteLogStorage
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_READY = 512
+EXPIRY_CHECK_TICKS = 10
 LEADER_MESSAGES = frozenset({"raft.append", "raft.heartbeat", "raft.snapshot"})
 
 
@@ -45,6 +46,7 @@ LEADER_MESSAGES = frozenset({"raft.append", "raft.heartbeat", "raft.snapshot"})
 class _PendingWrite:
     route: ClientRoute
     term: int
+    deadline: float  # monotonic; past it the client is told the outcome is unknown
 
 
 @dataclass(slots=True)
@@ -101,6 +103,8 @@ class RaftActor(pykka.ThreadingActor):
         self._reads_in_flight: dict[bytes, list[_PendingRead]] = {}
         self._reads_ready: list[_PendingRead] = []  # confirmed, waiting for apply
         self._read_rounds = 0
+        self._ticks = 0
+        self._request_timeout_s = config.transport.request_timeout_ms / 1000
         self._unprocessed = 0
         self._publish_status()
 
@@ -109,6 +113,9 @@ class RaftActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Tick):
             self.core.tick()
+            self._ticks += 1
+            if self._ticks % EXPIRY_CHECK_TICKS == 0:
+                self._expire_writes()
         elif isinstance(message, Inbound):
             if message.route is None:
                 self._on_peer_message(message)
@@ -177,8 +184,9 @@ class RaftActor(pykka.ThreadingActor):
             for route, _ in batch:
                 self._transport.reply(route, "kv.redirect", {"leader": leader})
             return
+        deadline = time.monotonic() + self._request_timeout_s
         for index, (route, _) in enumerate(batch, first):
-            self._writes[index] = _PendingWrite(route, term)
+            self._writes[index] = _PendingWrite(route, term, deadline)
 
     # ----- the Ready loop ---------------------------------------------------------------------
 
@@ -252,6 +260,16 @@ class RaftActor(pykka.ThreadingActor):
         )
         if soft.state is not StateRole.LEADER:
             self._fail_pending("leadership lost")
+
+    def _expire_writes(self) -> None:
+        """Writes not committed within the request timeout: the client may retry them."""
+        now = time.monotonic()
+        expired = [index for index, write in self._writes.items() if write.deadline < now]
+        for index in expired:
+            write = self._writes.pop(index)
+            self._transport.reply(
+                write.route, "kv.error", {"error": "request timeout", "retry": True}
+            )
 
     def _fail_pending(self, reason: str) -> None:
         """Answer every waiting client: the outcome of a write is unknown, so they retry."""

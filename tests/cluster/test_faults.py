@@ -57,8 +57,11 @@ def check_all_acknowledged(topology, acknowledged):
 
 
 def writes_reach(writer, count, timeout=30):
-    wait_until(lambda: writer.acknowledged >= count or writer.failures, timeout,
-               f"{count} acknowledged steps")
+    wait_until(
+        lambda: writer.acknowledged >= count or writer.failures,
+        timeout,
+        f"{count} acknowledged steps",
+    )
     assert not writer.failures, writer.failures
 
 
@@ -131,13 +134,18 @@ def test_paused_leader_steps_down_and_serves_nothing_stale(cluster):
         try:
             new_leader = wait_until(
                 lambda: (leader := probe.leader()) not in (None, old_leader) and leader,
-                20, "a new leader while the old one is paused")
+                20,
+                "a new leader while the old one is paused",
+            )
             client.put("k", "after")
         finally:
             cluster.stop_signal(old_leader, signal.SIGCONT)
         # The old leader learns of the new term and steps down without serving anything.
-        wait_until(lambda: (s := client.statuses()[old_leader]) and s["state"] == "follower",
-                   20, "the old leader to step down")
+        wait_until(
+            lambda: (s := client.statuses()[old_leader]) and s["state"] == "follower",
+            20,
+            "the old leader to step down",
+        )
         assert client.get("k") == "after"
         with Client(cluster.topology, timeout=5) as direct:
             direct._leader = old_leader  # aim the first attempt at the deposed leader
@@ -164,3 +172,26 @@ def test_sigterm_of_the_leader_hands_leadership_over(cluster):
         writer.join(30)
         assert not writer.failures, writer.failures
         check_all_acknowledged(cluster.topology, writer.acknowledged)
+
+
+def test_a_write_that_cannot_commit_times_out_on_the_node(tmp_path, processes):
+    """Without CheckQuorum an isolated leader keeps leading; its stuck writes still get an
+    answer (outcome unknown, retry) once the request timeout passes."""
+    topology = write_topology(
+        tmp_path, 3, raft={"check_quorum": False}, transport={"request_timeout_ms": 500}
+    )
+    local = LocalCluster(topology, processes)
+    local.start(*NODES)
+    with Client(topology, timeout=20) as client:
+        leader = local.leader(client)
+        followers = [n for n in NODES if n != leader]
+        for follower in followers:
+            local.stop_signal(follower, signal.SIGSTOP)
+        try:
+            write = {"key": "k", "value": 1, "client": "stuck-writer", "seq": 1, "ack": 1}
+            answer = client.gather([leader], "kv.put", write, 5.0, raw=True)[leader]
+            assert answer is not None and answer.kind == "kv.error"
+            assert answer.body == {"error": "request timeout", "retry": True}
+        finally:
+            for follower in followers:
+                local.stop_signal(follower, signal.SIGCONT)
