@@ -23,7 +23,7 @@ from caddy.raft.codec import from_wire, to_wire
 from caddy.raft.errors import RequestRejected
 from caddy.raft.membership import MemberRole
 from caddy.raft.node import RaftNode
-from caddy.raft.ready import Ready, StateRole
+from caddy.raft.ready import SEND_BEFORE_PERSIST, Ready, StateRole
 from caddy.raft.types import EntryKind
 from caddy.replication.requests import (
     ClientRequest,
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_READY = 512
 EXPIRY_CHECK_TICKS = 10
-LEADER_MESSAGES = frozenset({"raft.append", "raft.heartbeat", "raft.snapshot"})
 
 
 @dataclass(slots=True)
@@ -199,12 +198,12 @@ class RaftActor(pykka.ThreadingActor):
             # at once. Safe here: their acknowledgements are handled on this thread only after
             # the sync below, so the leader never counts its own unsynced entries. Everything
             # else (votes, acknowledgements) waits for the sync, as `Ready` requires.
-            early = [m for m in ready.messages if m[1].kind in LEADER_MESSAGES]
-            for to, message in early:
-                self._transport.send(to, message.kind, to_wire(message))
+            for to, message in ready.messages:
+                if isinstance(message, SEND_BEFORE_PERSIST):
+                    self._transport.send(to, message.kind, to_wire(message))
             self._persist(ready)
             for to, message in ready.messages:
-                if message.kind not in LEADER_MESSAGES:
+                if not isinstance(message, SEND_BEFORE_PERSIST):
                     self._transport.send(to, message.kind, to_wire(message))
             self._apply(ready)
             if ready.soft_state is not None:
