@@ -122,6 +122,10 @@ class ClusterManager:
             return
         time.sleep(3 * self.config.gossip.gossip_interval_ms / 1000)  # a few gossip rounds
 
+    def failed_actors(self) -> list[str]:
+        """Names of this node's actors that died (a bug, or a state machine that raised)."""
+        return [ref.actor_class.__name__ for ref in self._actors if not ref.is_alive()]
+
     def __enter__(self) -> ClusterManager:
         return self.start()
 

@@ -107,13 +107,18 @@ def run_node(node_id: str, config: ClusterConfig) -> int:
         manager.stop()
         pykka.ActorRegistry.stop_all()
         return EXIT_FAILURE
+    status = EXIT_OK
     try:
         while not stop.wait(0.5):
-            pass
+            failed = manager.failed_actors()
+            if failed:  # a node missing a subsystem must not linger half alive
+                log.error("stopping: %s died; see the error above", ", ".join(failed))
+                status = EXIT_FAILURE
+                break
     finally:
-        manager.stop()
+        manager.stop(graceful=status == EXIT_OK)
         pykka.ActorRegistry.stop_all()
-    return EXIT_OK
+    return status
 
 
 class Supervisor:

@@ -166,6 +166,13 @@ class RaftActor(pykka.ThreadingActor):
             self._transport.reply(route, "kv.redirect", {"leader": self.core.leader})
             return
         if request.is_read:
+            if not callable(getattr(self._reader, "read", None)):
+                self._transport.reply(
+                    route,
+                    "kv.error",
+                    {"error": "this node's state machine has no read(key) method", "retry": False},
+                )
+                return
             self._reads.append(_PendingRead(route, request.key))
         else:
             self._proposals.append((route, request))
