@@ -17,30 +17,27 @@ import platform
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from actors import local_cluster  # noqa: E402
+from actors.local_cluster import LocalCluster  # noqa: E402
 from actors.transport import HEARTBEAT_KIND  # noqa: E402
 from caddy.client import Client  # noqa: E402
-from caddy.config import ClusterConfig, load_topology  # noqa: E402
+from caddy.config import ClusterConfig  # noqa: E402
 from caddy.errors import CaddyError  # noqa: E402
 from caddy.wire import Codec  # noqa: E402
 
-CADDY_NODE = REPO / "bin" / "caddy-node"
 NODE_IDS = ("n1", "n2", "n3", "n4", "n5")
 PROFILES = ("lan", "fast")
 PAUSE_S = {"lan": 1.5, "fast": 0.3}  # SIGSTOP lengths, well inside each profile's suspicion time
@@ -49,116 +46,36 @@ CONVERGE_TIMEOUT_S = 60.0
 SETTLE_S = 3.0  # after convergence, before the idle window: the join news is still being gossiped
 NEVER_MS = 3_600_000  # an interval that never elapses within a run: silences a periodic sender
 ZMTP_FRAME_OVERHEAD = 2  # flags and length bytes of a short ZeroMQ frame
-T = TypeVar("T")
+POLL_S = 0.02  # how often a wait for a cluster state looks again
+wait_until = partial(local_cluster.wait_until, every=POLL_S)
 
 
 class BenchError(Exception):
-    """The cluster did not reach a state the benchmark needs (a node exited, no convergence)."""
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports the kernel just handed out and released."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """The cluster did not reach a state the benchmark needs (a node did not answer)."""
 
 
 def write_topology(folder: Path, gossip: dict[str, Any], quiet: bool) -> Path:
     """Five voters on free loopback ports. `quiet`: no Raft election ever starts (so no leader
     heartbeats) and the transport's peer heartbeats never fire, leaving gossip alone on the wire."""
-    folder.mkdir(parents=True)
-    ports = free_ports(2 * len(NODE_IDS))
-    nodes = [
-        {
-            "id": node_id,
-            "address": f"tcp://127.0.0.1:{ports[2 * i]}",
-            "client_address": f"tcp://127.0.0.1:{ports[2 * i + 1]}",
-        }
-        for i, node_id in enumerate(NODE_IDS)
-    ]
-    document: dict[str, Any] = {
-        "cluster": "bench",
-        "data_dir": str(folder / "data"),
-        "nodes": nodes,
-        "gossip": gossip,
-    }
+    sections: dict[str, Any] = {"gossip": gossip}
     if quiet:
-        document["raft"] = {
+        sections["raft"] = {
             "election_timeout_min_ms": NEVER_MS,
             "election_timeout_max_ms": NEVER_MS,
         }
-        document["transport"] = {"peer_heartbeat_ms": NEVER_MS, "peer_silence_ms": NEVER_MS + 1}
-    path = folder / "topology.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
+        sections["transport"] = {"peer_heartbeat_ms": NEVER_MS, "peer_silence_ms": NEVER_MS + 1}
+    return local_cluster.write_topology(
+        folder, len(NODE_IDS), cluster="bench", data_dir=str(folder / "data"), **sections
+    )
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.02) -> T:
-    """Poll `predicate` until it returns something truthy; BenchError naming `what` at the end."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
-    return result
-
-
-# ----- processes ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Cluster:
-    """The node processes of one topology; `stop()` kills every process it ever started."""
-
-    topology: Path
-    config: ClusterConfig
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start(self, node_id: str) -> None:
-        log_path = self.topology.parent / f"{node_id}.log"
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, str(CADDY_NODE), str(self.topology), "--node", node_id],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the benchmark, which then kills the nodes
-            )
-        self.processes[node_id] = process
-        self.started.append(process)
-
-    def kill(self, node_id: str) -> None:
-        process = self.processes[node_id]
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-
-    def pause(self, node_id: str, seconds: float) -> None:
-        pid = self.processes[node_id].pid
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            time.sleep(seconds)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-
-    def check_alive(self) -> None:
-        for node_id, process in self.processes.items():
-            if process.poll() is not None:
-                tail = (self.topology.parent / f"{node_id}.log").read_text(errors="replace")
-                raise BenchError(f"node {node_id} exited ({process.returncode}):\n{tail[-2000:]}")
-
-    def stop(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                process.wait(timeout=10)
+def pause(cluster: LocalCluster, node_id: str, seconds: float) -> None:
+    """SIGSTOP the node for `seconds`, then let it run again."""
+    cluster.pause(node_id)
+    try:
+        time.sleep(seconds)
+    finally:
+        cluster.resume(node_id)
 
 
 # ----- watching every node's view ----------------------------------------------------------------
@@ -282,13 +199,13 @@ _SS_SOCKET = re.compile(r"(\S+):(\d+)\s+(\S+):(\d+)\s+users:.*?pid=(\d+)")
 _SS_BYTES_SENT = re.compile(r"\bbytes_sent:(\d+)")
 
 
-def peer_bytes_sent(cluster: Cluster) -> dict[str, int]:
+def peer_bytes_sent(cluster: LocalCluster) -> dict[str, int]:
     """Bytes each node has sent on its peer connections (both ends), from the kernel's TCP_INFO.
 
     Client connections are left out, so the benchmark's own polling is not counted.
     """
     peer_ports = {int(node.address.rsplit(":", 1)[1]) for node in cluster.config.nodes}
-    owner = {process.pid: node_id for node_id, process in cluster.processes.items()}
+    owner = {process.pid: node_id for node_id, process in cluster.nodes.items()}
     listing = subprocess.run(
         ["ss", "-tinpH", "state", "established"], capture_output=True, text=True, check=True
     ).stdout
@@ -315,7 +232,7 @@ def peer_messages_sent(client: Client) -> dict[str, int]:
     return totals
 
 
-def measure_idle(cluster: Cluster, seconds: float) -> dict[str, float]:
+def measure_idle(cluster: LocalCluster, seconds: float) -> dict[str, float]:
     """Bytes and messages sent to peers per second per node over an idle window."""
     with Client(cluster.config, timeout=2.0) as client:
         bytes_before, messages_before = peer_bytes_sent(cluster), peer_messages_sent(client)
@@ -344,13 +261,13 @@ def heartbeat_bytes_per_s(config: ClusterConfig) -> float:
 
 def start_watched(folder: Path, gossip: dict[str, Any], quiet: bool, poll_s: float):
     topology = write_topology(folder, gossip, quiet)
-    cluster = Cluster(topology, load_topology(topology))
+    cluster = LocalCluster(topology)
     views = Views()
     watchers = [Watcher(cluster.config, node_id, poll_s, views) for node_id in NODE_IDS]
     return cluster, views, watchers
 
 
-def converge(cluster: Cluster, views: Views, nodes: tuple[str, ...] = NODE_IDS) -> float:
+def converge(cluster: LocalCluster, views: Views, nodes: tuple[str, ...] = NODE_IDS) -> float:
     wait_until(
         lambda: cluster.check_alive() or views.converged(nodes),
         CONVERGE_TIMEOUT_S,
@@ -359,7 +276,7 @@ def converge(cluster: Cluster, views: Views, nodes: tuple[str, ...] = NODE_IDS) 
     return time.monotonic()
 
 
-def start_all(cluster: Cluster, views: Views, watchers: list[Watcher]) -> float:
+def start_all(cluster: LocalCluster, views: Views, watchers: list[Watcher]) -> float:
     """Start the nodes one after the other, each once the previous ones see each other.
 
     Started all at once, the nodes' first join messages are lost while the peer connections
@@ -383,7 +300,7 @@ def quiet_gossip_traffic(folder: Path, gossip: dict[str, Any], idle_s: float, po
         time.sleep(SETTLE_S)
         return measure_idle(cluster, idle_s)
     finally:
-        cluster.stop()
+        cluster.cleanup()
 
 
 def has_leader(client: Client) -> bool:
@@ -391,7 +308,7 @@ def has_leader(client: Client) -> bool:
 
 
 def detect_kill(
-    cluster: Cluster, views: Views, victim: str, timeout: float
+    cluster: LocalCluster, views: Views, victim: str, timeout: float
 ) -> tuple[float, float, float]:
     """kill -9 `victim`; seconds to the first and last survivor's dead verdict, and to the
     first suspicion."""
@@ -441,14 +358,14 @@ def run_profile(profile: str, args: argparse.Namespace, folder: Path) -> dict[st
             spans.begin(victim, back_at)
         for _ in range(args.stops):
             time.sleep(rng.uniform(0, settings.probe_interval_ms / 1000))
-            cluster.pause(rng.choice(NODE_IDS), pause_s)
+            pause(cluster, rng.choice(NODE_IDS), pause_s)
             converge(cluster, views)
         time.sleep(SETTLE_S)  # a late false verdict still counts
         cluster.check_alive()
     finally:
         for watcher in watchers:
             watcher.stopping.set()
-        cluster.stop()
+        cluster.cleanup()
     quiet = quiet_gossip_traffic(folder / "quiet", gossip, args.idle_s, poll_s)
     false = spans.false_deaths(views)
     firsts = [first for first, _, _ in kills]
@@ -535,44 +452,40 @@ def main() -> None:
     # clauses kill every node process.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    folder = Path(tempfile.mkdtemp(prefix="caddy-bench-gossip-"))
     profiles = PROFILES if args.profile == "both" else (args.profile,)
     started = time.monotonic()
-    try:
-        results = {profile: run_profile(profile, args, folder / profile) for profile in profiles}
-        print(
-            json.dumps(
-                {
-                    **results,
-                    "run": {
-                        "nodes": len(NODE_IDS),
-                        "kills": args.kills,
-                        "poll_ms": args.poll_ms,
-                        "seed": args.seed,
-                        "gossip_overrides": args.gossip,
-                        "seconds": round(time.monotonic() - started),
-                        "idle_window_s": args.idle_s,
-                        "traffic": "TCP payload bytes on peer connections (kernel TCP_INFO), "
-                        "heartbeats of the transport and Raft included; gossip_only: a cluster "
-                        "with no Raft leader and no transport heartbeats",
-                    },
-                    "machine": {
-                        "python": platform.python_version(),
-                        "cpu": cpu_model(),
-                        "cpu_count": os.cpu_count(),
-                        "platform": platform.platform(),
-                        "load_avg_at_start": [round(x, 2) for x in load_at_start],
-                        "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
-                    },
-                }
-            ),
-            flush=True,
-        )
-    finally:
+    with local_cluster.scratch_folder("caddy-bench-gossip-", keep=args.keep) as folder:
         if args.keep:
-            print(f"kept {folder}", file=sys.stderr)
-        else:
-            subprocess.run(["rm", "-rf", str(folder)], check=False)
+            print(f"keeping {folder}", file=sys.stderr)
+        results = {profile: run_profile(profile, args, folder / profile) for profile in profiles}
+    print(
+        json.dumps(
+            {
+                **results,
+                "run": {
+                    "nodes": len(NODE_IDS),
+                    "kills": args.kills,
+                    "poll_ms": args.poll_ms,
+                    "seed": args.seed,
+                    "gossip_overrides": args.gossip,
+                    "seconds": round(time.monotonic() - started),
+                    "idle_window_s": args.idle_s,
+                    "traffic": "TCP payload bytes on peer connections (kernel TCP_INFO), "
+                    "heartbeats of the transport and Raft included; gossip_only: a cluster "
+                    "with no Raft leader and no transport heartbeats",
+                },
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpu": cpu_model(),
+                    "cpu_count": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "load_avg_at_start": [round(x, 2) for x in load_at_start],
+                    "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+                },
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -15,88 +15,35 @@ import os
 import platform
 import queue
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from actors import local_cluster  # noqa: E402
+from actors.local_cluster import LocalCluster  # noqa: E402
 from caddy.client import Client  # noqa: E402
 from caddy.errors import CaddyError  # noqa: E402
 
-CADDY_NODE = REPO / "bin" / "caddy-node"
 NODE_IDS = ("n1", "n2", "n3")
 READ_KEYS = 256  # keys written before the read phases, read round-robin
 PROBE_TIMEOUT_S = 0.05  # the failover probe's wait for one round of answers
 PROBE_BACKOFF_S = 0.002  # pause between probe rounds that found no leader
 WARMUP_BEFORE_KILL_S = 0.3  # writes flow this long before each kill
-T = TypeVar("T")
+POLL_S = 0.01  # how often a wait for a cluster state looks again
+wait_until = partial(local_cluster.wait_until, every=POLL_S)
 
 
 class BenchError(Exception):
-    """The cluster did not reach a state the benchmark needs (no leader, a node died)."""
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports the kernel just handed out and released."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def write_topology(folder: Path) -> Path:
-    """Three voters on free loopback ports, data under `folder`, every setting at its default."""
-    ports = free_ports(2 * len(NODE_IDS))
-    nodes = [
-        {
-            "id": node_id,
-            "address": f"tcp://127.0.0.1:{ports[2 * i]}",
-            "client_address": f"tcp://127.0.0.1:{ports[2 * i + 1]}",
-        }
-        for i, node_id in enumerate(NODE_IDS)
-    ]
-    path = folder / "topology.yaml"
-    document = {"cluster": "bench", "data_dir": str(folder / "data"), "nodes": nodes}
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll `predicate` until it returns something truthy; BenchError naming `what` at the end."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
-    return result
-
-
-def proc_status_kb(pid: int, field_name: str) -> int:
-    """A `kB` field (VmRSS, VmHWM) of /proc/PID/status; 0 once the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field_name}:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    """The cluster did not reach a state the benchmark needs (no leader, a client failed)."""
 
 
 def percentile_ms(samples_s: list[float], fraction: float) -> float:
@@ -104,51 +51,21 @@ def percentile_ms(samples_s: list[float], fraction: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000, 3)
 
 
-@dataclass
-class Cluster:
-    """The node processes of one topology; `stop()` kills every process it ever started."""
+class Cluster(LocalCluster):
+    """The benchmark's three nodes, noting each one's peak RSS before it is killed."""
 
-    topology: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    peak_rss_kb: dict[str, int] = field(default_factory=dict)
+    def __init__(self, topology: Path) -> None:
+        super().__init__(topology)
+        self.peak_rss_kb: dict[str, int] = {}
 
-    def start(self, node_id: str) -> None:
-        log_path = self.topology.parent / f"{node_id}.log"
-        with open(log_path, "ab") as log_file:
-            self.processes[node_id] = subprocess.Popen(
-                [sys.executable, str(CADDY_NODE), str(self.topology), "--node", node_id],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the benchmark, which then kills the nodes
-            )
-
-    def kill(self, node_id: str) -> None:
+    def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
         """kill -9, after noting the process's peak RSS (it dies with the process)."""
         self.note_peak_rss()
-        process = self.processes[node_id]
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        super().kill(node_id, sig)
 
     def note_peak_rss(self) -> None:
-        for node_id, process in self.processes.items():
-            peak = proc_status_kb(process.pid, "VmHWM")
+        for node_id, peak in self.memory_kb("VmHWM").items():
             self.peak_rss_kb[node_id] = max(self.peak_rss_kb.get(node_id, 0), peak)
-
-    def check_alive(self) -> None:
-        for node_id, process in self.processes.items():
-            if process.poll() is not None:
-                log = self.topology.parent / f"{node_id}.log"
-                tail = log.read_text(errors="replace")[-2000:]
-                raise BenchError(f"node {node_id} exited ({process.returncode}):\n{tail}")
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                process.wait(timeout=10)
 
 
 # ----- status helpers ---------------------------------------------------------------------------
@@ -419,14 +336,17 @@ def prefill(client: Client, value: bytes) -> None:
 
 
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    cluster = Cluster(write_topology(folder))
+    # every setting at its default
+    topology = local_cluster.write_topology(
+        folder, len(NODE_IDS), cluster="bench", data_dir=str(folder / "data")
+    )
+    cluster = Cluster(topology)
     try:
-        for node_id in NODE_IDS:
-            cluster.start(node_id)
+        cluster.start(*NODE_IDS)
         client = Client(cluster.topology, timeout=5.0)
         wait_until(lambda: caught_up(client), 30, "a leader and three answering nodes")
         cluster.check_alive()
-        idle_rss_kb = max(proc_status_kb(p.pid, "VmRSS") for p in cluster.processes.values())
+        idle_rss_kb = max(cluster.memory_kb("VmRSS").values())
         value = b"x" * args.value_bytes
         prefill(client, value)
         layout = (args.processes, args.threads)
@@ -445,7 +365,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         cluster.note_peak_rss()
         client.close()
     finally:
-        cluster.stop()
+        cluster.cleanup()
     return {
         "write_ops_per_s": results["write"]["ops_per_s"],
         "write_concurrent_p50_ms": results["write"]["p50_ms"],
@@ -497,17 +417,14 @@ def main() -> None:
     args = parser.parse_args()
     args.load_at_start = os.getloadavg()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the finally kills the nodes
-    folder = Path(tempfile.mkdtemp(prefix="caddy-bench-kv-"))
-    try:
-        print(json.dumps(run(args, folder)), flush=True)
-    except KeyboardInterrupt:
-        print("interrupted; every node and client process was stopped", file=sys.stderr)
-        raise SystemExit(130) from None
-    finally:
+    with local_cluster.scratch_folder("caddy-bench-kv-", keep=args.keep) as folder:
         if args.keep:
-            print(f"kept {folder}", file=sys.stderr)
-        else:
-            subprocess.run(["rm", "-rf", str(folder)], check=False)
+            print(f"keeping {folder}", file=sys.stderr)
+        try:
+            print(json.dumps(run(args, folder)), flush=True)
+        except KeyboardInterrupt:
+            print("interrupted; every node and client process was stopped", file=sys.stderr)
+            raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import platform
 import resource
-import socket
 import statistics
 import sys
 import threading
@@ -31,6 +30,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from actors.local_cluster import free_ports  # noqa: E402
 from actors.transport import Inbound, Transport  # noqa: E402
 from caddy.config import ClusterConfig, parse_topology  # noqa: E402
 
@@ -38,20 +38,15 @@ PAYLOAD = {"term": 7, "index": 123456, "data": b"x" * 100}
 PIPELINE_FACTOR = 5  # pipelined rounds carry this many times the sequential round's messages
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def bench_config() -> ClusterConfig:
+    ports = free_ports(4)
     nodes = [
         {
             "id": node_id,
-            "address": f"tcp://127.0.0.1:{free_port()}",
-            "client_address": f"tcp://127.0.0.1:{free_port()}",
+            "address": f"tcp://127.0.0.1:{ports[2 * i]}",
+            "client_address": f"tcp://127.0.0.1:{ports[2 * i + 1]}",
         }
-        for node_id in ("a", "b")
+        for i, node_id in enumerate(("a", "b"))
     ]
     return parse_topology({"cluster": "bench", "nodes": nodes, "data_dir": "/tmp/caddy-bench"})
 
@@ -280,7 +275,7 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
 
     config = bench_config()
-    raw_addresses = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]  # pinger's, echo's
+    raw_addresses = [f"tcp://127.0.0.1:{port}" for port in free_ports(2)]  # pinger's, echo's
     stop = context.Event()
     echoes = [
         context.Process(target=transport_echo, args=(config, stop)),
