@@ -31,8 +31,7 @@ class ClientRequest:
 
     op: str  # get | put | delete | cas
     key: str
-    value: Any = None
-    expected: Any = None
+    payload: bytes = b""  # the encoded state machine operation (writes only)
     client_id: str = ""
     seq: int = 0
     ack_below: int = 0
@@ -43,8 +42,7 @@ class ClientRequest:
 
     def command(self, log_time_ms: int) -> bytes:
         """The log entry for this write, stamped with the leader's clock."""
-        payload = encode_kv(self.op, self.key, self.value, self.expected)
-        return encode_command(self.client_id, self.seq, log_time_ms, payload, self.ack_below)
+        return encode_command(self.client_id, self.seq, log_time_ms, self.payload, self.ack_below)
 
 
 def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:
@@ -61,10 +59,10 @@ def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:
             raise RequestError("a write needs a client id, a seq >= 1 and 0 <= ack <= seq")
         op = kind.removeprefix("kv.")
         value = body["new"] if op == "cas" else body.get("value")
-        request = ClientRequest(
-            op, body["key"], value, body.get("expected"), body["client"], body["seq"], body["ack"]
-        )
-        request.command(0)  # encodable, within limits: refuse now rather than fail in the log
+        # Encoded here, once: a value that cannot be encoded is refused now, not in the log.
+        payload = encode_kv(op, body["key"], value, body.get("expected"))
+        request = ClientRequest(op, body["key"], payload, body["client"], body["seq"], body["ack"])
+        request.command(0)  # the session fields are checked as the leader will stamp them
         return request
     except (WireError, CommandError) as error:
         raise RequestError(str(error)) from error

@@ -1,0 +1,64 @@
+"""Client requests of the KV service: validation, the log command they become, and replies."""
+
+import pytest
+
+from caddy.replication.commands import decode_command, decode_kv
+from caddy.replication.requests import RequestError, parse_request, result_reply
+from caddy.replication.state_machine import ErrorCode, error_result, ok_result
+
+SESSION = {"client": "c1", "seq": 3, "ack": 2}
+
+
+def test_a_put_becomes_a_session_command_stamped_with_the_log_time():
+    request = parse_request("kv.put", {"key": "k", "value": [1, "x"], **SESSION})
+    assert not request.is_read
+    command = decode_command(request.command(log_time_ms=1234))
+    assert (command.client_id, command.seq, command.ack_below, command.log_time_ms) == (
+        "c1",
+        3,
+        2,
+        1234,
+    )
+    kv = decode_kv(command.payload)
+    assert (kv.op.value, kv.key, kv.value) == ("put", "k", [1, "x"])
+
+
+def test_cas_carries_expected_and_new_and_delete_only_the_key():
+    cas = decode_kv(
+        parse_request("kv.cas", {"key": "k", "expected": None, "new": True, **SESSION}).payload
+    )
+    assert (cas.op.value, cas.expected, cas.value) == ("cas", None, True)
+    delete = decode_kv(parse_request("kv.delete", {"key": "k", **SESSION}).payload)
+    assert (delete.op.value, delete.key) == ("delete", "k")
+
+
+def test_a_get_is_a_read_without_a_session():
+    request = parse_request("kv.get", {"key": "k"})
+    assert request.is_read and request.key == "k"
+
+
+@pytest.mark.parametrize(
+    "kind, body, message",
+    [
+        ("kv.frobnicate", {"key": "k"}, "unknown request"),
+        ("kv.get", {}, "missing field 'key'"),
+        ("kv.get", {"key": 7}, "field 'key' must be str"),
+        ("kv.put", {"key": "k", "value": 1}, "missing field 'client'"),
+        ("kv.put", {"key": "k", "value": 1, **SESSION, "seq": "3"}, "field 'seq' must be int"),
+        ("kv.put", {"key": "k", "value": 1, **SESSION, "seq": True}, "got bool"),
+        ("kv.put", {"key": "k", "value": 1, **SESSION, "seq": 0}, "seq >= 1"),
+        ("kv.put", {"key": "k", "value": 1, **SESSION, "ack": 4}, "ack <= seq"),
+        ("kv.put", {"key": "k", "value": 1, **SESSION, "client": ""}, "client id"),
+        ("kv.cas", {"key": "k", "new": 1, **SESSION}, "missing field 'expected'"),
+    ],
+)
+def test_malformed_requests_are_refused_with_a_reason(kind, body, message):
+    with pytest.raises(RequestError, match=message):
+        parse_request(kind, body)
+
+
+def test_replies_follow_the_result_shape():
+    assert result_reply(ok_result(5)) == ("kv.ok", {"value": 5})
+    assert result_reply(ok_result({"ok": False})) == ("kv.ok", {"value": {"ok": False}})
+    kind, body = result_reply(error_result(ErrorCode.STALE, "seq below the window"))
+    assert kind == "kv.error" and body["retry"] is False and body["error"].startswith("stale")
