@@ -348,16 +348,9 @@ class RaftActor(pykka.ThreadingActor):
 
     def hand_over_leadership(self) -> str | None:
         """If leader, start a transfer to the most caught-up voter; returns its id."""
-        if self.core.state is not StateRole.LEADER:
+        target = self.core.transfer_candidate()
+        if target is None:
             return None
-        candidates = [
-            (progress.match, peer)
-            for peer in self.core.membership.voters
-            if peer != self._node_id and (progress := self.core.progress_of(peer)) is not None
-        ]
-        if not candidates:
-            return None
-        _, target = max(candidates)
         self.core.transfer_leadership(target)
         self._process_ready()
         return target

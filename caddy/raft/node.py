@@ -291,6 +291,15 @@ class RaftNode:
         else:
             self._send_append(target, progress, send_empty=True)
 
+    def transfer_candidate(self) -> str | None:
+        """The leader's best choice of successor: the voter whose log matches furthest."""
+        candidates = [
+            (progress.match, peer)
+            for peer, progress in self._progress.items()
+            if role_of(self.membership, peer) is MemberRole.VOTER
+        ]
+        return max(candidates)[1] if self.state is StateRole.LEADER and candidates else None
+
     def change_membership(self, kind: ChangeKind, node_id: str) -> tuple[int, int]:
         """Propose one membership change; it takes effect on every node as soon as it is appended.
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from caddy.errors import WireError
 from caddy.wire import PROTOCOL_VERSION, Codec, decode_envelope, require_fields
+from tests.strategies import msgpack_values as msgpack_values_strategy
 
 CODEC = Codec(cluster="demo", sender="n1", max_message_bytes=64 * 1024, compress_threshold=256)
 
@@ -126,18 +127,7 @@ def test_random_bytes_only_ever_raise_wire_error(data):
     assert envelope.cluster == "demo"
 
 
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text()
-    | st.binary(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
-    ),
-    max_leaves=12,
-)
+msgpack_values = msgpack_values_strategy()
 
 
 @settings(max_examples=300, deadline=None)

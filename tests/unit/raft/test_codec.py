@@ -20,6 +20,7 @@ from caddy.raft.messages import (
     VoteResponse,
 )
 from caddy.raft.types import Entry, EntryKind, Membership, SnapshotMeta
+from tests.strategies import msgpack_values
 
 MEMBERSHIP = Membership(frozenset({"a", "b"}), frozenset({"l"}), frozenset({"w"}))
 SAMPLES = [
@@ -109,18 +110,7 @@ def test_malformed_bodies_are_wire_errors(kind, body):
         from_wire(kind, body)
 
 
-wire_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text()
-    | st.binary(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=12,
-)
+wire_values = msgpack_values()
 KINDS = [message.kind for message in SAMPLES]
 
 

@@ -34,6 +34,21 @@ def test_transfer_catches_a_lagging_target_up_first():
     assert cluster.commands("c") == [b"x", b"y"]
 
 
+def test_the_transfer_candidate_is_the_voter_that_matches_furthest():
+    cluster = Cluster()
+    leader = cluster.elect("a")
+    assert cluster.nodes["b"].transfer_candidate() is None  # only a leader chooses
+    cluster.cut = {("a", "c")}
+    cluster.propose("a", b"x", b"y")
+    cluster.deliver()
+    assert leader.transfer_candidate() == "b"
+    cluster.heal()
+    cluster.cut = {("a", "b")}
+    cluster.propose("a", b"z")
+    cluster.deliver()
+    assert leader.transfer_candidate() == "c"
+
+
 def test_proposals_are_refused_during_a_transfer_and_it_aborts_after_a_timeout():
     cluster = Cluster()
     leader = cluster.elect("a")

@@ -16,19 +16,9 @@ from caddy.replication import (
     encode_command,
     encode_kv,
 )
+from tests.strategies import msgpack_values
 
-VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=8)
-    | st.binary(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+VALUES = msgpack_values(allow_nan=False, max_leaves=8)
 
 
 def test_command_error_is_a_caddy_error():

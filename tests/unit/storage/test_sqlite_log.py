@@ -178,18 +178,24 @@ def test_crash_before_the_snapshot_rename_keeps_the_previous_one(
     assert not (tmp_path / (SNAPSHOT_NAME + ".partial")).exists()
 
 
-def test_crash_between_snapshot_and_compaction_loads_consistently(tmp_path: Path) -> None:
+def crash_after_snapshot_rename(tmp_path: Path, log_term: int, meta: SnapshotMeta, data: bytes):
+    """A log of entries 1-10 that crashed after the snapshot file was renamed into place but
+    before the log was cut: the new snapshot file beside the log as it was. Returns it open."""
     log = open_log(tmp_path)
-    log.append(entries(1, 10))
+    log.append(entries(1, 10, term=log_term))
     log.sync()
     before_snapshot = take_image(tmp_path)
-    log.save_snapshot(SnapshotMeta(index=6, term=1, membership=MEMBERSHIP), b"six")
+    log.save_snapshot(meta, data)
     log.close()
-    # The new snapshot file with the log as it was before the compaction committed.
     crashed = tmp_path / "crashed"
     write_image(before_snapshot, crashed)
     (crashed / SNAPSHOT_NAME).write_bytes((tmp_path / SNAPSHOT_NAME).read_bytes())
-    log = open_log(crashed)
+    return open_log(crashed)
+
+
+def test_crash_between_snapshot_and_compaction_loads_consistently(tmp_path: Path) -> None:
+    meta = SnapshotMeta(index=6, term=1, membership=MEMBERSHIP)
+    log = crash_after_snapshot_rename(tmp_path, 1, meta, b"six")
     state = log.load()
     assert (state.snapshot.index, state.snapshot_data) == (6, b"six")
     assert state.entries == entries(7, 10)
@@ -198,16 +204,8 @@ def test_crash_between_snapshot_and_compaction_loads_consistently(tmp_path: Path
 
 
 def test_crash_while_installing_a_conflicting_snapshot_discards_the_log(tmp_path: Path) -> None:
-    log = open_log(tmp_path)
-    log.append(entries(1, 10, term=2))
-    log.sync()
-    before_snapshot = take_image(tmp_path)
-    log.save_snapshot(SnapshotMeta(index=6, term=3, membership=MEMBERSHIP), b"leader's")
-    log.close()
-    crashed = tmp_path / "crashed"
-    write_image(before_snapshot, crashed)
-    (crashed / SNAPSHOT_NAME).write_bytes((tmp_path / SNAPSHOT_NAME).read_bytes())
-    log = open_log(crashed)
+    meta = SnapshotMeta(index=6, term=3, membership=MEMBERSHIP)
+    log = crash_after_snapshot_rename(tmp_path, 2, meta, b"leader's")
     state = log.load()
     log.close()
     assert (state.snapshot.index, state.snapshot.term) == (6, 3)
