@@ -188,10 +188,6 @@ class Transport:
         self._outbox.append((self._send_to_peer, peer, kind, body))
         self._wake()
 
-    def broadcast(self, kind: str, body: Mapping[str, Any]) -> None:
-        for peer in self._config.peers_of(self.node_id):
-            self.send(peer.id, kind, body)
-
     def reply(self, route: ClientRoute, kind: str, body: Mapping[str, Any]) -> None:
         """Answer a client request; the response carries the request's correlation id."""
         if threading.get_ident() == self._io_thread_id:
