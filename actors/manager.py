@@ -51,8 +51,8 @@ class ClusterManager:
             self.config, self.node_id, self.transport, self._state_machine, self.board
         )
         self._actors.append(self._raft)
-        self.transport.register("raft", self._raft.tell)
-        self.transport.register("kv", self._raft.tell)
+        self.transport.register("raft", self._raft.tell, batched=True)
+        self.transport.register("kv", self._raft.tell, batched=True)
         self.ticker.register(self._raft)
         self._gossip = GossipActor.start(self.config, self.node_id, self.transport, self.board)
         self._actors.append(self._gossip)

@@ -16,7 +16,7 @@ import pykka
 
 from actors.status_board import RaftStatus, StatusBoard
 from actors.ticker import Tick
-from actors.transport import ClientRoute, Inbound, Transport
+from actors.transport import ClientRoute, Inbound, InboundBatch, Transport
 from caddy.config import ClusterConfig
 from caddy.errors import NotLeader, WireError
 from caddy.raft.codec import from_wire, to_wire
@@ -56,7 +56,7 @@ class _PendingRead:
 
 
 class RaftActor(pykka.ThreadingActor):
-    """One node's Raft driver. Peer `raft.*` and client `kv.*` frames arrive as `Inbound`."""
+    """One node's Raft driver. Peer `raft.*` and client `kv.*` frames arrive in `InboundBatch`es."""
 
     def __init__(
         self,
@@ -115,11 +115,12 @@ class RaftActor(pykka.ThreadingActor):
             self._ticks += 1
             if self._ticks % EXPIRY_CHECK_TICKS == 0:
                 self._expire_writes()
+        elif isinstance(message, InboundBatch):
+            for inbound in message.messages:
+                self._on_inbound(inbound)
+            self._unprocessed += len(message.messages) - 1
         elif isinstance(message, Inbound):
-            if message.route is None:
-                self._on_peer_message(message)
-            else:
-                self._on_client_request(message)
+            self._on_inbound(message)
         # Batch: many requests queued behind this one ride in one append and one fsync; a bound
         # keeps a never-empty inbox from starving the Ready loop.
         self._unprocessed += 1
@@ -134,6 +135,12 @@ class RaftActor(pykka.ThreadingActor):
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("node %s: raft actor failed: %s", self._node_id, exception_value)
         self._storage.close()
+
+    def _on_inbound(self, inbound: Inbound) -> None:
+        if inbound.route is None:
+            self._on_peer_message(inbound)
+        else:
+            self._on_client_request(inbound)
 
     def _on_peer_message(self, inbound: Inbound) -> None:
         envelope = inbound.envelope

@@ -38,8 +38,6 @@ SOCKET_LIMIT_FACTOR = 2
 # would cost each monitor a mailbox check.
 HOUSEKEEPING_MS = 20
 DRAIN_BATCH = 256  # messages taken from one socket per wake-up, so one cannot starve the others
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -64,7 +62,18 @@ class Inbound:
     route: ClientRoute | None = None
 
 
-Handler = Callable[[Inbound], None]
+@dataclass(frozen=True, slots=True)
+class InboundBatch:
+    """Inbound messages read in one wake-up, for a handler registered with `batched=True`.
+
+    One `tell` per batch instead of per message: each tell wakes the actor's thread, and a thread
+    wake-up costs more than the handling of a small message.
+    """
+
+    messages: list[Inbound]
+
+
+Handler = Callable[[Any], None]
 
 
 @dataclass(slots=True)
@@ -137,6 +146,8 @@ class Transport:
         )
         self._context = context or zmq.Context.instance()
         self._handlers: dict[str, Handler] = {}
+        self._batched: set[Handler] = set()
+        self._batches: dict[Handler, list[Inbound]] = {}  # collected during one drain
         # (send function, destination, kind, body); deque appends and pops are atomic.
         self._outbox: deque[tuple[Callable[..., None], Any, str, Mapping[str, Any]]] = deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -148,7 +159,7 @@ class Transport:
         self._lock = threading.Lock()  # guards the stats others read, but see PeerStats
         self._peers: dict[str, _Peer] = {}
         self._woken_at = 0.0  # when the I/O thread last woke: the arrival time of what it reads
-        self._client_sent = False  # the client router was sent on since its last ZMQ_EVENTS check
+        self._client_sent = False  # the client router was sent on since its last failed receive
         self.dropped: Counter[str] = Counter()  # inbound drops by reason (outbound: PeerStats)
         self.closed_connections = 0  # inbound connections closed, by their peer or by ZeroMQ
         self.started_at = time.monotonic()
@@ -156,9 +167,15 @@ class Transport:
 
     # ----- set-up -----------------------------------------------------------------------------
 
-    def register(self, kind_prefix: str, handler: Handler) -> None:
-        """Deliver every inbound kind `PREFIX.*` to `handler`. Register before `start()`."""
+    def register(self, kind_prefix: str, handler: Handler, batched: bool = False) -> None:
+        """Deliver every inbound kind `PREFIX.*` to `handler`. Register before `start()`.
+
+        With `batched`, the handler gets an `InboundBatch` of what one drain of the sockets read
+        (prefixes registered with the same handler share a batch); otherwise one `Inbound` each.
+        """
         self._handlers[kind_prefix] = handler
+        if batched:
+            self._batched.add(handler)
 
     def start(self) -> None:
         """Bind and connect every socket in the I/O thread; raises if binding failed."""
@@ -298,10 +315,10 @@ class Transport:
         """Sleep in poll(2) on the routers' ZMQ_FDs and the wake-up eventfd, then do the work.
 
         A ZMQ_FD only says that the socket's state may have changed, and a send or receive on the
-        socket can consume that signal: so a router is drained (until ZMQ_EVENTS says it is empty)
-        before sleeping whenever its FD fired, it was sent on, or its last drain stopped at the
-        batch bound. This costs fewer system calls per message than zmq_poll, which asks every
-        socket for its ZMQ_EVENTS twice per sleep.
+        socket can consume that signal: so a router is drained (until a receive fails) before
+        sleeping whenever its FD fired, it was sent on, or its last drain stopped at the batch
+        bound. This costs fewer system calls per message than zmq_poll, which asks every socket
+        for its ZMQ_EVENTS twice per sleep.
         """
         peer_fd = self._peer_router.get(zmq.FD)
         client_fd = self._client_router.get(zmq.FD)
@@ -324,13 +341,9 @@ class Transport:
         peer_fired = client_fired = False
         while not self._stopping.is_set():
             if peer_fired or peer_more:
-                peer_more = self._drain_router(
-                    self._peer_router, from_client=False, fired=peer_fired
-                )
+                peer_more = self._drain_router(self._peer_router, from_client=False)
             if client_fired or client_more or self._client_sent:
-                client_more = self._drain_router(
-                    self._client_router, from_client=True, fired=client_fired
-                )
+                client_more = self._drain_router(self._client_router, from_client=True)
             if peer_more or client_more or self._client_sent:
                 timeout_ms = 0.0
             else:
@@ -406,30 +419,36 @@ class Transport:
         except zmq.ZMQError:  # client gone (EHOSTUNREACH) or not reading (EAGAIN)
             self._count_drop("reply-undeliverable")
 
-    def _drain_router(self, router: zmq.Socket, *, from_client: bool, fired: bool) -> bool:
+    def _drain_router(self, router: zmq.Socket, *, from_client: bool) -> bool:
         """Take what is queued, up to a batch; True when the bound stopped it, as more may wait.
 
-        When the router's FD fired a message is most likely waiting, so the first receive goes
-        ahead without asking ZMQ_EVENTS; the drain always ends on a ZMQ_EVENTS check.
+        Receiving until EAGAIN is what re-arms the edge-triggered ZMQ_FD; a failed receive also
+        processes the socket's pending commands, as a ZMQ_EVENTS check would. Asking ZMQ_EVENTS
+        before every receive instead costs a system call per message.
         """
-        for _ in range(DRAIN_BATCH):
-            if from_client:
-                self._client_sent = False  # the check below covers the sends before it
-            if not fired and not router.get(_EVENTS) & _POLLIN:
-                return False
-            fired = False
-            try:
-                identity = router.recv(_NOBLOCK)  # a ROUTER's first frame: the sender's identity
-            except zmq.Again:  # the FD fired for something else (a connection came or went)
-                continue
-            frame = router.recv(_NOBLOCK, copy=False)  # a Frame tells `more` without a getsockopt
-            if frame.more:
-                while frame.more:
-                    frame = router.recv(_NOBLOCK, copy=False)
-                self._count_drop("frame-count")
-                continue
-            self._on_frame(identity, frame.bytes, from_client)
-        return True
+        try:
+            for _ in range(DRAIN_BATCH):
+                if from_client:
+                    self._client_sent = False  # the failed receive below covers earlier sends
+                try:
+                    identity = router.recv(_NOBLOCK)  # a ROUTER's first frame: the sender
+                except zmq.Again:
+                    return False
+                frame = router.recv(_NOBLOCK, copy=False)  # a Frame tells `more` cheaply
+                if frame.more:
+                    while frame.more:
+                        frame = router.recv(_NOBLOCK, copy=False)
+                    self._count_drop("frame-count")
+                    continue
+                self._on_frame(identity, frame.bytes, from_client)
+            return True
+        finally:
+            self._flush_batches()
+
+    def _flush_batches(self) -> None:
+        batches, self._batches = self._batches, {}
+        for handler, messages in batches.items():
+            self._deliver(handler, InboundBatch(messages), messages[0].envelope.kind)
 
     def _on_frame(self, identity: bytes, frame: bytes, from_client: bool) -> None:
         if len(frame) > self._settings.max_message_bytes:
@@ -459,17 +478,22 @@ class Transport:
             self._dispatch(Inbound(envelope))
 
     def _dispatch(self, inbound: Inbound) -> None:
-        prefix = inbound.envelope.kind.partition(".")[0]
-        handler = self._handlers.get(prefix)
+        kind = inbound.envelope.kind
+        handler = self._handlers.get(kind.partition(".")[0])
         if handler is None:
             self._count_drop("unknown-kind")
-            return
+        elif handler in self._batched:
+            self._batches.setdefault(handler, []).append(inbound)
+        else:
+            self._deliver(handler, inbound, kind)
+
+    def _deliver(self, handler: Handler, message: Inbound | InboundBatch, kind: str) -> None:
         try:
-            handler(inbound)
+            handler(message)
         except pykka.ActorDeadError:  # the node is stopping: its actors go first
             self._count_drop("receiver-stopped")
         except Exception:  # a handler bug must not kill the I/O thread
-            log.exception("node %s: handler for %s failed", self.node_id, inbound.envelope.kind)
+            log.exception("node %s: handler for %s failed", self.node_id, kind)
             self._count_drop("handler-error")
 
     def _count_drop(self, reason: str) -> None:

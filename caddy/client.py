@@ -100,8 +100,9 @@ class Client:
         answered = False
         while (remaining := deadline - time.monotonic()) > 0:
             asked = [target] if target else self._node_ids
-            answers = self.gather(asked, kind, body, min(remaining, ATTEMPT_TIMEOUT_S), raw=True,
-                                  until=_decisive)
+            answers = self.gather(
+                asked, kind, body, min(remaining, ATTEMPT_TIMEOUT_S), raw=True, until=_decisive
+            )
             replies = {node: answer for node, answer in answers.items() if answer is not None}
             if not replies:
                 target = None
@@ -139,7 +140,10 @@ class Client:
     def members(self) -> dict[str, Any]:
         """The membership view of the first node that answers."""
         answers = self.gather(
-            [n.id for n in self.config.nodes], "client.members", {}, self.timeout,
+            [n.id for n in self.config.nodes],
+            "client.members",
+            {},
+            self.timeout,
             until=lambda answers: any(a is not None for a in answers.values()),
         )
         for answer in answers.values():

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 import zmq
 
-from actors.transport import ClientRoute, Inbound, Transport, connect_endpoint
+from actors.transport import ClientRoute, Inbound, InboundBatch, Transport, connect_endpoint
 from caddy.config import load_topology
 from caddy.wire import PROTOCOL_VERSION, Codec
 from tests.harness import wait_until, write_topology
@@ -240,6 +240,42 @@ def test_handlers_on_the_io_thread_reply_inline_to_every_client_request(tmp_path
     finally:
         client.close()
         server.stop()
+
+
+def test_a_batched_handler_gets_peer_and_client_messages_in_batches_in_order(tmp_path):
+    """Prefixes registered with one batched handler share its batches; nothing is lost."""
+    config = load_topology(write_topology(tmp_path, 2))
+    batches = queue.SimpleQueue()
+    receiver, sender = Transport(config, "n1"), Transport(config, "n2")
+    receiver.register("test", batches.put, batched=True)
+    receiver.register("client", batches.put, batched=True)
+    transports = {"n1": receiver, "n2": sender}
+    for transport in transports.values():
+        transport.start()
+    client = raw_dealer(config.node("n1").client_address)
+    codec = Codec(cluster="test", sender="c1")
+    try:
+        wait_linked(transports)
+        for n in range(600):  # more than one drain batch of each router
+            sender.send("n1", "test.burst", {"n": n})
+            client.send(codec.encode("client.burst", {"n": n}, request_id=n + 1))
+        peer_got, client_got, sizes = [], [], []
+        while len(peer_got) < 600 or len(client_got) < 600:
+            batch = batches.get(timeout=10)
+            assert isinstance(batch, InboundBatch) and batch.messages
+            sizes.append(len(batch.messages))
+            for inbound in batch.messages:
+                if inbound.route is None:
+                    peer_got.append(inbound.envelope.body["n"])
+                else:
+                    assert inbound.route.request_id == inbound.envelope.body["n"] + 1
+                    client_got.append(inbound.envelope.body["n"])
+        assert peer_got == list(range(600)) and client_got == list(range(600))
+        assert len(sizes) < 1200  # batching happened: fewer deliveries than messages
+    finally:
+        client.close()
+        for transport in transports.values():
+            transport.stop()
 
 
 def test_nodes_stopping_at_the_same_moment_both_stop(tmp_path):

@@ -31,8 +31,11 @@ def all_see(client, member, state, among):
 
 def test_killed_node_is_dead_everywhere_and_rejoins_alive_after_restart(cluster):
     with Client(cluster.topology, timeout=2) as client:
-        wait_until(lambda: all(all_see(client, m, "alive", set(NODES) - {m}) for m in NODES),
-                   30, "everyone alive in every view")
+        wait_until(
+            lambda: all(all_see(client, m, "alive", set(NODES) - {m}) for m in NODES),
+            30,
+            "everyone alive in every view",
+        )
         cluster.kill("n3")
         survivors = set(NODES) - {"n3"}
         wait_until(lambda: all_see(client, "n3", "dead", survivors), 30, "n3 dead everywhere")
@@ -48,8 +51,11 @@ def test_killed_node_is_dead_everywhere_and_rejoins_alive_after_restart(cluster)
 
 def test_a_pause_shorter_than_the_suspicion_timeout_is_no_death(cluster):
     with Client(cluster.topology, timeout=2) as client:
-        wait_until(lambda: all(all_see(client, m, "alive", set(NODES) - {m}) for m in NODES),
-                   30, "everyone alive in every view")
+        wait_until(
+            lambda: all(all_see(client, m, "alive", set(NODES) - {m}) for m in NODES),
+            30,
+            "everyone alive in every view",
+        )
         seen_states: set[str] = set()
         stop = threading.Event()
 
@@ -65,8 +71,11 @@ def test_a_pause_shorter_than_the_suspicion_timeout_is_no_death(cluster):
         # 0.6 s: beyond the fast profile's probe timeout (0.1 s), within its suspicion timeout.
         stop.wait(0.6)
         cluster.stop_signal("n2", signal.SIGCONT)
-        wait_until(lambda: all_see(client, "n2", "alive", set(NODES) - {"n2"}), 30,
-                   "n2 alive again everywhere")
+        wait_until(
+            lambda: all_see(client, "n2", "alive", set(NODES) - {"n2"}),
+            30,
+            "n2 alive again everywhere",
+        )
         stop.set()
         watcher.join(10)
         assert "dead" not in seen_states

@@ -56,7 +56,8 @@ def test_caddy_ctl_key_value_commands(cluster):
     assert run_ctl(cluster, "cas", "colour", "red", "green", timeout=10).returncode == 1
     assert run_ctl(cluster, "cas", "colour", "blue", "green", timeout=10).returncode == 0
     assert run_ctl(cluster, "--json", "get", "colour", timeout=10).stdout.strip() == (
-        '{"key": "colour", "found": true, "value": "green"}')
+        '{"key": "colour", "found": true, "value": "green"}'
+    )
     assert run_ctl(cluster, "delete", "colour", timeout=10).stdout.strip() == "deleted"
     missing = run_ctl(cluster, "get", "colour", timeout=10)
     assert missing.returncode == 1 and "no key 'colour'" in missing.stderr

@@ -26,8 +26,19 @@ class Firewall:
 
     def cut(self, a: str, b: str) -> None:
         for source, destination in ((a, b), (b, a)):
-            rule = ["INPUT", "-s", source, "-d", destination, "-j", "DROP",
-                    "-m", "comment", "--comment", self.tag]
+            rule = [
+                "INPUT",
+                "-s",
+                source,
+                "-d",
+                destination,
+                "-j",
+                "DROP",
+                "-m",
+                "comment",
+                "--comment",
+                self.tag,
+            ]
             subprocess.run(["iptables", "-I", *rule], check=True)
             self.rules.append(rule)
 
@@ -61,8 +72,11 @@ def test_isolated_leader_accepts_no_write_and_converges_after_healing(cluster, f
         for other in set(hosts) - {old}:
             firewall.cut(hosts[old], hosts[other])
 
-        new = wait_until(lambda: (leader := probe.leader()) not in (None, old) and leader, 20,
-                         "the majority to elect a new leader")
+        new = wait_until(
+            lambda: (leader := probe.leader()) not in (None, old) and leader,
+            20,
+            "the majority to elect a new leader",
+        )
         client.put("k", "majority")
 
         # The minority side: the old leader may still be stepping down; it never acknowledges.
@@ -79,8 +93,12 @@ def test_isolated_leader_accepts_no_write_and_converges_after_healing(cluster, f
             statuses = client.statuses()
             terms = {s["term"] for s in statuses.values() if s}
             applied = {s["applied_index"] for s in statuses.values() if s}
-            return len(statuses) == 3 and all(statuses.values()) and len(applied) == 1 and (
-                len(terms) == 1)
+            return (
+                len(statuses) == 3
+                and all(statuses.values())
+                and len(applied) == 1
+                and (len(terms) == 1)
+            )
 
         wait_until(converged, 30, "the healed cluster to agree on term and applied index")
         assert client.get("k") == "majority"
