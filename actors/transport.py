@@ -1,7 +1,9 @@
-"""The node's one I/O thread: it owns every ZeroMQ socket (peer and client ROUTER, peer DEALERs).
+"""The node's one I/O thread: it owns the ZeroMQ sockets it reads (peer and client ROUTER).
 
-Other threads hand it frames through a queue plus an eventfd wake-up; inbound frames are decoded,
-checked and handed to the handler registered for their kind's prefix (normally an actor's `tell`).
+Inbound frames are decoded, checked and handed to the handler registered for their kind's prefix
+(normally an actor's `tell`). Replies to clients go through a queue plus an eventfd wake-up. The
+per-peer DEALERs are send-only: whichever thread sends does so itself, under the peer's lock,
+which saves a thread wake-up per peer message on the replication path.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -80,8 +82,9 @@ Handler = Callable[[Any], None]
 class PeerStats:
     """What the transport knows of one peer; `hearing` means a frame arrived recently.
 
-    Only the I/O thread writes these. The per-message counters are bumped without the lock, which
-    would cost a round trip several microseconds, so a copy may be one message apart between them.
+    The outbound counters change under the peer's lock, by whichever thread sends. The inbound
+    ones are bumped by the I/O thread without a lock, which would cost every message several
+    microseconds, so a copy may be one message apart between them.
     """
 
     peer: str
@@ -98,9 +101,14 @@ class PeerStats:
 
 @dataclass(slots=True)
 class _Peer:
+    """One outbound link. `lock` serializes the threads that send on `socket` (ZeroMQ sockets
+    are not thread-safe; a mutex gives each use the memory barrier ZeroMQ asks for)."""
+
     stats: PeerStats
     socket: zmq.Socket
     monitor: zmq.Socket
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
     last_heard: float | None = None
     msgs_out_at_heartbeat: int = -1  # msgs_out when the heartbeat timer last fired
 
@@ -124,7 +132,7 @@ def connect_endpoint(own_address: str, peer_address: str) -> str:
 
 
 class Transport:
-    """All ZeroMQ I/O of one node, in one thread. Every public method is thread-safe.
+    """All ZeroMQ I/O of one node. Every public method is thread-safe.
 
     Handlers run on the I/O thread and must not block: they should `tell` an actor.
     """
@@ -158,6 +166,7 @@ class Transport:
         self._io_thread_id: int | None = None
         self._lock = threading.Lock()  # guards the stats others read, but see PeerStats
         self._peers: dict[str, _Peer] = {}
+        self._sockets_open = False  # set once `_peers` is complete; then senders send directly
         self._woken_at = 0.0  # when the I/O thread last woke: the arrival time of what it reads
         self._client_sent = False  # the client router was sent on since its last failed receive
         self.dropped: Counter[str] = Counter()  # inbound drops by reason (outbound: PeerStats)
@@ -198,8 +207,9 @@ class Transport:
     # ----- what other threads call ------------------------------------------------------------
 
     def send(self, peer: str, kind: str, body: Mapping[str, Any]) -> None:
-        """Queue one message to a peer; never blocks. Undeliverable ones are counted as drops."""
-        if threading.get_ident() == self._io_thread_id:  # a handler answering inline
+        """Send one message to a peer from the calling thread; never blocks. Undeliverable ones
+        are counted as drops. Before `start()` has opened the sockets, messages are queued."""
+        if self._sockets_open:
             self._send_to_peer(peer, kind, body)
             return
         self._outbox.append((self._send_to_peer, peer, kind, body))
@@ -219,7 +229,8 @@ class Transport:
         with self._lock:
             result = {}
             for peer_id, peer in self._peers.items():
-                stats = dataclasses.replace(peer.stats)
+                with peer.lock:
+                    stats = dataclasses.replace(peer.stats)
                 if peer.last_heard is not None:
                     stats.last_heard_s = round(now - peer.last_heard, 3)
                     stats.hearing = now - peer.last_heard < silence
@@ -294,11 +305,15 @@ class Transport:
             monitor = _monitor(dealer, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
             dealer.connect(connect_endpoint(self._node.address, peer.address))
             self._peers[peer.id] = _Peer(PeerStats(peer.id, peer.address), dealer, monitor)
+        self._sockets_open = True
 
     def _close_sockets(self) -> None:
         # Stop every monitor before closing its reading end: ZeroMQ sends monitor events with a
         # blocking send under the monitored socket's lock, so an event sent to a closed reader
         # would wedge ZeroMQ's I/O thread, and then disable_monitor() here.
+        for peer in self._peers.values():
+            with peer.lock:  # after this, senders on other threads see `closed` and drop
+                peer.closed = True
         routers = [getattr(self, name, None) for name in ("_peer_router", "_client_router")]
         sockets = [sock for sock in routers if sock is not None]
         sockets += [peer.socket for peer in self._peers.values()]
@@ -393,20 +408,21 @@ class Transport:
             frame = self.codec.encode(kind, body)
         except WireError as error:
             log.error("node %s: cannot send %s to %s: %s", self.node_id, kind, peer_id, error)
-            self._count_out_drop(peer)
+            with peer.lock:
+                peer.stats.drops_out += 1
             return
-        try:
-            peer.socket.send(frame, _NOBLOCK)
-        except zmq.Again:  # not connected (IMMEDIATE) or at its HWM: drop, never block
-            self._count_out_drop(peer)
-            return
-        stats = peer.stats  # per-message counters: see PeerStats
-        stats.msgs_out += 1
-        stats.bytes_out += len(frame)
-
-    def _count_out_drop(self, peer: _Peer) -> None:
-        with self._lock:
-            peer.stats.drops_out += 1
+        with peer.lock:
+            stats = peer.stats  # per-message counters: see PeerStats
+            if peer.closed:
+                stats.drops_out += 1
+                return
+            try:
+                peer.socket.send(frame, _NOBLOCK)
+            except zmq.Again:  # not connected (IMMEDIATE) or at its HWM: drop, never block
+                stats.drops_out += 1
+                return
+            stats.msgs_out += 1
+            stats.bytes_out += len(frame)
 
     def _send_to_client(self, route: ClientRoute, kind: str, body: Mapping[str, Any]) -> None:
         self._client_sent = True  # a send may consume the router's ZMQ_FD signal

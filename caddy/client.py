@@ -98,6 +98,18 @@ class Client:
         deadline = time.monotonic() + self.timeout
         target = self._leader
         answered = False
+        if target is not None:  # the common case, without gather's bookkeeping
+            answer = self._ask_one(target, kind, body, min(self.timeout, ATTEMPT_TIMEOUT_S))
+            if answer is None:
+                target = None  # silent: ask every node
+            elif answer.kind == "kv.ok":
+                return answer.body.get("value")
+            elif not _retryable(answer):
+                raise RequestFailed(str(answer.body.get("error", answer.kind)))
+            else:
+                answered = True
+                hint = answer.body.get("leader")
+                target = hint if hint in self._node_ids and hint != target else None
         while (remaining := deadline - time.monotonic()) > 0:
             asked = [target] if target else self._node_ids
             answers = self.gather(
@@ -123,6 +135,25 @@ class Client:
         if not answered:
             raise Unavailable(f"no node answered within {self.timeout:g} s")
         raise Timeout(f"no leader completed the request within {self.timeout:g} s")
+
+    def _ask_one(
+        self, node_id: str, kind: str, body: dict[str, Any], timeout: float
+    ) -> Envelope | None:
+        """`gather` for one node, without its bookkeeping: the answer, or None on silence."""
+        sock = self._socket(node_id)
+        request_id = next(self._request_ids)
+        try:
+            sock.send(self._codec.encode(kind, body, request_id), zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        deadline = time.monotonic() + timeout
+        while (remaining_ms := (deadline - time.monotonic()) * 1000) > 0:
+            if not sock.poll(remaining_ms):
+                return None
+            envelope = self._receive(sock)
+            if envelope is not None and envelope.request_id == request_id:
+                return envelope
+        return None
 
     # ----- requests ----------------------------------------------------------------------------
 
