@@ -246,6 +246,7 @@ class RaftActor(pykka.ThreadingActor):
             storage.sync()
 
     def _apply(self, ready: Ready) -> None:
+        replies = []
         for entry in ready.committed_entries:
             result: Any = None
             if entry.kind is EntryKind.COMMAND:
@@ -254,12 +255,13 @@ class RaftActor(pykka.ThreadingActor):
             if pending is None:
                 continue
             if pending.term == entry.term:
-                kind, body = result_reply(result)
-                self._transport.reply(pending.route, kind, body)
+                replies.append((pending.route, *result_reply(result)))
             else:  # another leader's entry took this index: ours was never committed
-                self._transport.reply(
-                    pending.route, "kv.error", {"error": "leadership changed", "retry": True}
+                replies.append(
+                    (pending.route, "kv.error", {"error": "leadership changed", "retry": True})
                 )
+        if replies:
+            self._transport.reply_many(replies)
 
     def _on_soft_state(self, ready: Ready) -> None:
         soft = ready.soft_state
@@ -319,14 +321,15 @@ class RaftActor(pykka.ThreadingActor):
 
     def _serve_reads(self) -> None:
         applied = self.core.applied_index
-        still_waiting = []
+        still_waiting, replies = [], []
         for read in self._reads_ready:
             if read.index is not None and read.index <= applied:
-                kind, body = result_reply(ok_result(self._reader.read(read.key)))
-                self._transport.reply(read.route, kind, body)
+                replies.append((read.route, *result_reply(ok_result(self._reader.read(read.key)))))
             else:
                 still_waiting.append(read)
         self._reads_ready = still_waiting
+        if replies:
+            self._transport.reply_many(replies)
 
     def _take_snapshot(self) -> None:
         applied = self.core.applied_index

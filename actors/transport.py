@@ -1,13 +1,14 @@
-"""The node's one I/O thread: it owns the ZeroMQ sockets it reads (peer and client ROUTER).
+"""The node's ZeroMQ I/O: one thread reads the peer and client ROUTERs and owns their sockets.
 
 Inbound frames are decoded, checked and handed to the handler registered for their kind's prefix
-(normally an actor's `tell`). Replies to clients go through a queue plus an eventfd wake-up. The
-per-peer DEALERs are send-only: whichever thread sends does so itself, under the peer's lock,
-which saves a thread wake-up per peer message on the replication path.
+(normally an actor's `tell`). Outbound frames leave from whichever thread sends them, under a
+lock per socket (peer DEALERs are send-only; the client ROUTER's lock is shared with the reader),
+which saves a thread wake-up per message on the replication and reply paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -17,7 +18,7 @@ import select
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +42,8 @@ SOCKET_LIMIT_FACTOR = 2
 HOUSEKEEPING_MS = 20
 DRAIN_BATCH = 256  # messages taken from one socket per wake-up, so one cannot starve the others
 _NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -156,8 +159,8 @@ class Transport:
         self._handlers: dict[str, Handler] = {}
         self._batched: set[Handler] = set()
         self._batches: dict[Handler, list[Inbound]] = {}  # collected during one drain
-        # (send function, destination, kind, body); deque appends and pops are atomic.
-        self._outbox: deque[tuple[Callable[..., None], Any, str, Mapping[str, Any]]] = deque()
+        # (peer, kind, body) sent before the sockets were open; deque appends/pops are atomic.
+        self._outbox: deque[tuple[str, str, Mapping[str, Any]]] = deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._wake_pending = False
         self._stopping = threading.Event()
@@ -169,6 +172,9 @@ class Transport:
         self._sockets_open = False  # set once `_peers` is complete; then senders send directly
         self._woken_at = 0.0  # when the I/O thread last woke: the arrival time of what it reads
         self._client_sent = False  # the client router was sent on since its last failed receive
+        self._client_lock = threading.Lock()  # replies leave from the actors' threads
+        self._peer_router_lock = contextlib.nullcontext()  # only the I/O thread touches it
+        self._client_open = False
         self.dropped: Counter[str] = Counter()  # inbound drops by reason (outbound: PeerStats)
         self.closed_connections = 0  # inbound connections closed, by their peer or by ZeroMQ
         self.started_at = time.monotonic()
@@ -212,16 +218,46 @@ class Transport:
         if self._sockets_open:
             self._send_to_peer(peer, kind, body)
             return
-        self._outbox.append((self._send_to_peer, peer, kind, body))
+        self._outbox.append((peer, kind, body))
         self._wake()
 
     def reply(self, route: ClientRoute, kind: str, body: Mapping[str, Any]) -> None:
         """Answer a client request; the response carries the request's correlation id."""
-        if threading.get_ident() == self._io_thread_id:
-            self._send_to_client(route, kind, body)
+        self.reply_many([(route, kind, body)])
+
+    def reply_many(self, replies: Iterable[tuple[ClientRoute, str, Mapping[str, Any]]]) -> None:
+        """Answer client requests from the calling thread, in order; never blocks. Undeliverable
+        and unencodable replies are counted as drops."""
+        frames = []
+        for route, kind, body in replies:
+            try:
+                frames.append((route.identity, self.codec.encode(kind, body, route.request_id)))
+            except WireError as error:
+                log.error("node %s: cannot encode reply %s: %s", self.node_id, kind, error)
+                self._count_drop("reply-unencodable")
+        if not frames:
             return
-        self._outbox.append((self._send_to_client, route, kind, body))
-        self._wake()
+        undeliverable = 0
+        on_io_thread = threading.get_ident() == self._io_thread_id
+        with self._client_lock:
+            if not self._client_open:
+                undeliverable = len(frames)
+                frames = []
+            router = self._client_router
+            for frame in frames:
+                try:
+                    router.send_multipart(frame, _NOBLOCK)
+                except zmq.ZMQError:  # client gone (EHOSTUNREACH) or not reading (EAGAIN)
+                    undeliverable += 1
+            # A send may consume the ZMQ_FD signal of a request that arrived meanwhile: then
+            # the sleeping I/O thread must be told to look (it drains before sleeping anyway).
+            input_waiting = on_io_thread or (frames and router.get(_EVENTS) & _POLLIN)
+        if undeliverable:
+            self._count_drop("reply-undeliverable", undeliverable)
+        if input_waiting:
+            self._client_sent = True
+            if not on_io_thread:
+                self._wake()
 
     def peer_stats(self) -> dict[str, PeerStats]:
         now = time.monotonic()
@@ -286,6 +322,7 @@ class Transport:
         self._peer_router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._peer_router.bind(self._node.address)
         self._client_router.bind(self._node.client_address)
+        self._client_open = True
         self._router_monitors = [
             _monitor(router, _HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED)
             for router in (self._peer_router, self._client_router)
@@ -314,6 +351,8 @@ class Transport:
         for peer in self._peers.values():
             with peer.lock:  # after this, senders on other threads see `closed` and drop
                 peer.closed = True
+        with self._client_lock:
+            self._client_open = False
         routers = [getattr(self, name, None) for name in ("_peer_router", "_client_router")]
         sockets = [sock for sock in routers if sock is not None]
         sockets += [peer.socket for peer in self._peers.values()]
@@ -396,8 +435,7 @@ class Transport:
         self._wake_pending = False
         outbox = self._outbox
         while outbox:
-            send, destination, kind, body = outbox.popleft()
-            send(destination, kind, body)
+            self._send_to_peer(*outbox.popleft())
 
     def _send_to_peer(self, peer_id: str, kind: str, body: Mapping[str, Any]) -> None:
         peer = self._peers.get(peer_id)
@@ -424,17 +462,6 @@ class Transport:
             stats.msgs_out += 1
             stats.bytes_out += len(frame)
 
-    def _send_to_client(self, route: ClientRoute, kind: str, body: Mapping[str, Any]) -> None:
-        self._client_sent = True  # a send may consume the router's ZMQ_FD signal
-        try:
-            frame = self.codec.encode(kind, body, route.request_id)
-            self._client_router.send_multipart([route.identity, frame], _NOBLOCK)
-        except WireError as error:
-            log.error("node %s: cannot encode reply %s: %s", self.node_id, kind, error)
-            self._count_drop("reply-unencodable")
-        except zmq.ZMQError:  # client gone (EHOSTUNREACH) or not reading (EAGAIN)
-            self._count_drop("reply-undeliverable")
-
     def _drain_router(self, router: zmq.Socket, *, from_client: bool) -> bool:
         """Take what is queued, up to a batch; True when the bound stopped it, as more may wait.
 
@@ -442,18 +469,21 @@ class Transport:
         processes the socket's pending commands, as a ZMQ_EVENTS check would. Asking ZMQ_EVENTS
         before every receive instead costs a system call per message.
         """
+        lock = self._client_lock if from_client else self._peer_router_lock
         try:
             for _ in range(DRAIN_BATCH):
-                if from_client:
-                    self._client_sent = False  # the failed receive below covers earlier sends
-                try:
-                    identity = router.recv(_NOBLOCK)  # a ROUTER's first frame: the sender
-                except zmq.Again:
-                    return False
-                frame = router.recv(_NOBLOCK, copy=False)  # a Frame tells `more` cheaply
-                if frame.more:
+                with lock:
+                    if from_client:
+                        self._client_sent = False  # the failed receive covers earlier sends
+                    try:
+                        identity = router.recv(_NOBLOCK)  # a ROUTER's first frame: the sender
+                    except zmq.Again:
+                        return False
+                    frame = router.recv(_NOBLOCK, copy=False)  # a Frame tells `more` cheaply
+                    extra_frames = frame.more
                     while frame.more:
                         frame = router.recv(_NOBLOCK, copy=False)
+                if extra_frames:
                     self._count_drop("frame-count")
                     continue
                 self._on_frame(identity, frame.bytes, from_client)
@@ -512,9 +542,9 @@ class Transport:
             log.exception("node %s: handler for %s failed", self.node_id, kind)
             self._count_drop("handler-error")
 
-    def _count_drop(self, reason: str) -> None:
+    def _count_drop(self, reason: str, count: int = 1) -> None:
         with self._lock:
-            self.dropped[reason] += 1
+            self.dropped[reason] += count
 
     def _on_router_event(self, monitor: zmq.Socket) -> None:
         """Count connections that failed the ZeroMQ handshake (raw TCP garbage) or were closed."""

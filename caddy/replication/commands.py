@@ -43,7 +43,7 @@ def encode_command(
     client_id: str, seq: int, log_time_ms: int, payload: bytes, ack_below: int = 0
 ) -> bytes:
     """The log entry data for one client write; raises CommandError for invalid fields."""
-    _check_command(client_id, seq, ack_below, log_time_ms, payload)
+    check_command(client_id, seq, ack_below, log_time_ms, payload)
     return _pack_checked([ENVELOPE_VERSION, client_id, seq, ack_below, log_time_ms, payload])
 
 
@@ -55,13 +55,14 @@ def decode_command(data: bytes) -> Command:
     version, client_id, seq, ack_below, log_time_ms, payload = fields
     if type(version) is not int or version != ENVELOPE_VERSION:
         raise CommandError("envelope: unknown version")
-    _check_command(client_id, seq, ack_below, log_time_ms, payload)
+    check_command(client_id, seq, ack_below, log_time_ms, payload)
     return Command(client_id, seq, ack_below, log_time_ms, payload)
 
 
-def _check_command(
+def check_command(
     client_id: Any, seq: Any, ack_below: Any, log_time_ms: Any, payload: Any
 ) -> None:
+    """Raise CommandError unless the fields make a valid command (see `Command`)."""
     if type(client_id) is not str or len(client_id) > MAX_CLIENT_ID_LENGTH:
         raise CommandError(f"client_id: expected a string of at most {MAX_CLIENT_ID_LENGTH} chars")
     if type(seq) is not int or type(ack_below) is not int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from caddy.errors import CaddyError, WireError
-from caddy.replication.commands import CommandError, encode_command, encode_kv
+from caddy.replication.commands import CommandError, check_command, encode_command, encode_kv
 from caddy.wire import require_fields
 
 READ_KIND = "kv.get"
@@ -61,9 +61,9 @@ def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:
         value = body["new"] if op == "cas" else body.get("value")
         # Encoded here, once: a value that cannot be encoded is refused now, not in the log.
         payload = encode_kv(op, body["key"], value, body.get("expected"))
-        request = ClientRequest(op, body["key"], payload, body["client"], body["seq"], body["ack"])
-        request.command(0)  # the session fields are checked as the leader will stamp them
-        return request
+        # The session fields are checked as the leader will stamp them (any clock reading).
+        check_command(body["client"], body["seq"], body["ack"], 0, payload)
+        return ClientRequest(op, body["key"], payload, body["client"], body["seq"], body["ack"])
     except (WireError, CommandError) as error:
         raise RequestError(str(error)) from error
 

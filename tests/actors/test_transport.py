@@ -278,6 +278,40 @@ def test_a_batched_handler_gets_peer_and_client_messages_in_batches_in_order(tmp
             transport.stop()
 
 
+def test_replies_from_another_thread_never_strand_waiting_requests(tmp_path):
+    """A reply sent off the I/O thread can swallow the ZMQ_FD signal of a request that came in
+    meanwhile; the transport must still read that request. Thousands of pipelined round trips,
+    every one answered from a worker thread, none stuck."""
+    config = load_topology(write_topology(tmp_path, 2))
+    server = Transport(config, "n1")
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+    server.register("client", requests.put)
+    server.start()
+
+    def answer() -> None:
+        while (inbound := requests.get()) is not None:
+            server.reply(inbound.route, "client.ok", {})
+
+    worker = threading.Thread(target=answer)
+    worker.start()
+    client = raw_dealer(config.node("n1").client_address)
+    codec = Codec(cluster="test", sender="c1")
+    total, window, sent, answered = 5000, 32, 0, 0
+    try:
+        while answered < total:
+            while sent < total and sent - answered < window:
+                sent += 1
+                client.send(codec.encode("client.ping", {}, request_id=sent))
+            assert client.poll(10_000), f"stuck after {answered} answers"
+            codec.decode(client.recv())
+            answered += 1
+    finally:
+        requests.put(None)
+        worker.join(timeout=10)
+        client.close()
+        server.stop()
+
+
 def test_nodes_stopping_at_the_same_moment_both_stop(tmp_path):
     """A peer's disconnect during stop() raises monitor events; they must not wedge the stop."""
     for attempt in range(5):

@@ -144,7 +144,10 @@ class Cluster:
         return [e.data for e in self.applied[node_id] if e.kind is EntryKind.COMMAND]
 
     def propose(self, leader: str, *commands: bytes) -> None:
+        """Propose, replicate, and tick the leader once: followers learn commits on a tick."""
         for command in commands:
             self.nodes[leader].propose(command)
         self.process(leader)
         self.deliver()
+        if leader in self.live():
+            self.tick(only=[leader])

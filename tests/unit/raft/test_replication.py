@@ -271,3 +271,35 @@ def test_an_append_from_an_older_term_changes_nothing_and_reveals_the_newer_term
     assert node.leader is None
     [(to, answer)] = node.ready().messages
     assert to == "old" and answer.term == 3 and not answer.success
+
+
+def test_a_commit_reaches_followers_on_the_next_tick_in_one_append_each():
+    cluster = Cluster()
+    leader = cluster.elect("a")
+    index, _ = leader.propose(b"x")
+    cluster.process("a")
+    cluster.deliver()
+    assert leader.commit_index == index
+    assert all(cluster.nodes[f].commit_index < index for f in "bc"), "announced before a tick"
+    leader.tick()
+    cluster.process("a")
+    announced = [(to, m) for _, to, m in cluster.outbox if isinstance(m, AppendEntries)]
+    assert sorted(to for to, _ in announced) == ["b", "c"]
+    assert all(not m.entries and m.commit == index for _, m in announced)
+    cluster.deliver()
+    assert all(cluster.nodes[f].commit_index == index for f in "bc")
+    leader.tick()
+    cluster.process("a")
+    assert not any(isinstance(m, AppendEntries) for _, _, m in cluster.outbox), "announced twice"
+
+
+def test_entries_carry_the_commit_so_no_announcement_follows_them():
+    cluster = Cluster()
+    leader = cluster.elect("a")
+    first, _ = leader.propose(b"x")
+    cluster.process("a")
+    cluster.deliver()
+    leader.propose(b"y")  # its AppendEntries tells the followers that x committed
+    cluster.process("a")
+    carried = [m for _, _, m in cluster.outbox if isinstance(m, AppendEntries)]
+    assert len(carried) == 2 and all(m.commit == first and m.entries for m in carried)
