@@ -273,33 +273,39 @@ def test_an_append_from_an_older_term_changes_nothing_and_reveals_the_newer_term
     assert to == "old" and answer.term == 3 and not answer.success
 
 
-def test_a_commit_reaches_followers_on_the_next_tick_in_one_append_each():
+def replicate_without_ticks(data):
+    """A 3-node cluster whose leader "a" committed `data`; no tick has passed since."""
     cluster = Cluster()
     leader = cluster.elect("a")
-    index, _ = leader.propose(b"x")
+    index, _ = leader.propose(data)
     cluster.process("a")
     cluster.deliver()
     assert leader.commit_index == index
+    return cluster, leader, index
+
+
+def appends_sent(cluster):
+    return [(to, m) for _, to, m in cluster.outbox if isinstance(m, AppendEntries)]
+
+
+def test_a_commit_reaches_followers_on_the_next_tick_in_one_append_each():
+    cluster, leader, index = replicate_without_ticks(b"x")
     assert all(cluster.nodes[f].commit_index < index for f in "bc"), "announced before a tick"
     leader.tick()
     cluster.process("a")
-    announced = [(to, m) for _, to, m in cluster.outbox if isinstance(m, AppendEntries)]
+    announced = appends_sent(cluster)
     assert sorted(to for to, _ in announced) == ["b", "c"]
     assert all(not m.entries and m.commit == index for _, m in announced)
     cluster.deliver()
     assert all(cluster.nodes[f].commit_index == index for f in "bc")
     leader.tick()
     cluster.process("a")
-    assert not any(isinstance(m, AppendEntries) for _, _, m in cluster.outbox), "announced twice"
+    assert not appends_sent(cluster), "announced twice"
 
 
 def test_entries_carry_the_commit_so_no_announcement_follows_them():
-    cluster = Cluster()
-    leader = cluster.elect("a")
-    first, _ = leader.propose(b"x")
-    cluster.process("a")
-    cluster.deliver()
+    cluster, leader, first = replicate_without_ticks(b"x")
     leader.propose(b"y")  # its AppendEntries tells the followers that x committed
     cluster.process("a")
-    carried = [m for _, _, m in cluster.outbox if isinstance(m, AppendEntries)]
+    carried = [m for _, m in appends_sent(cluster)]
     assert len(carried) == 2 and all(m.commit == first and m.entries for m in carried)
