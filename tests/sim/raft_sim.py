@@ -114,6 +114,7 @@ class SimNode:
         """Carry out one Ready, unless the world makes the node crash part way through."""
         core = self.core
         assert core is not None
+        world.note_commit(self)
         ready = core.ready()
         storage = self.storage
         world.check_ready(self, ready)
@@ -452,16 +453,23 @@ class World:
         if known is not None and known[0] != node.sm.chain:
             raise InvariantViolation(f"{node.id} installed a snapshot that differs from history")
 
+    def note_commit(self, node: SimNode) -> None:
+        """Record a leader's new commit index with the voting set that committed it. Called
+        before anything can crash the node, so that a commit is never first seen on a later
+        leader that merely learned it (and may still hold an older configuration)."""
+        core = node.core
+        if core.state is StateRole.LEADER and core.commit_index > self.latest_commit[0]:
+            self.latest_commit = (
+                core.commit_index,
+                core.log.term_at(core.commit_index),
+                core.membership.voters | core.membership.witnesses,
+            )
+
     def check_step(self) -> None:
         for node in self.live_nodes():
             core = node.core
+            self.note_commit(node)
             if core.state is StateRole.LEADER:
-                if core.commit_index > self.latest_commit[0]:
-                    self.latest_commit = (
-                        core.commit_index,
-                        core.log.term_at(core.commit_index),
-                        core.membership.voters | core.membership.witnesses,
-                    )
                 if core.member_role in (MemberRole.LEARNER, MemberRole.WITNESS):
                     raise InvariantViolation(f"{core.member_role.value} {node.id} leads")
                 holder = self.leader_of_term.setdefault(core.term, node.id)
