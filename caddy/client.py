@@ -1,6 +1,7 @@
 """The Python client of a CADDY cluster (CONTRACT section 4): one DEALER per node, request ids.
 
-It is the only module of `caddy/` that touches sockets. One `Client` per thread.
+With `caddy.async_client`, the only modules of `caddy/` that touch sockets. One `Client` per
+thread.
 """
 
 from __future__ import annotations
@@ -15,28 +16,27 @@ from typing import Any
 import zmq
 
 from caddy.config import ClusterConfig, load_topology
-from caddy.errors import CaddyError, Timeout, Unavailable, WireError
+from caddy.errors import Unavailable, WireError
+from caddy.request_policy import RequestFailed, RequestPolicy, decisive
 from caddy.wire import Codec, Envelope
 
-ATTEMPT_TIMEOUT_S = 0.25  # after this long without an answer, ask every node
-NO_LEADER_BACKOFF_S = 0.02  # an election is under way: ask again shortly
-
-
-class RequestFailed(CaddyError):
-    """The node answered with an error that retrying cannot fix (a malformed request)."""
+__all__ = [
+    "Client",
+    "RequestFailed",
+    "check_key",
+    "client_codec",
+    "socket_options",
+    "topology_of",
+]
 
 
 class Client:
     """Talks to the client endpoints of a cluster's nodes."""
 
     def __init__(self, topology: str | os.PathLike[str] | ClusterConfig, timeout: float = 5.0):
-        self.config = topology if isinstance(topology, ClusterConfig) else load_topology(topology)
+        self.config = topology_of(topology)
         self.timeout = timeout
-        self._codec = Codec(
-            cluster=self.config.cluster,
-            sender=f"client-{os.getpid()}",
-            max_message_bytes=self.config.transport.max_message_bytes,
-        )
+        self._codec = client_codec(self.config)
         self._context = zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
         self._request_ids = itertools.count(1)
@@ -60,19 +60,21 @@ class Client:
 
     def put(self, key: str, value: Any) -> None:
         """Store `value` under `key`; returns once committed and applied."""
-        self._write("kv.put", {"key": _key(key), "value": value})
+        self._write("kv.put", {"key": check_key(key), "value": value})
 
     def get(self, key: str) -> Any:
         """The value under `key`, or None when absent; linearizable (ReadIndex on the leader)."""
-        return self._call("kv.get", {"key": _key(key)})
+        return self._call("kv.get", {"key": check_key(key)})
 
     def delete(self, key: str) -> bool:
         """Remove `key`; True when it existed."""
-        return bool(self._write("kv.delete", {"key": _key(key)}))
+        return bool(self._write("kv.delete", {"key": check_key(key)}))
 
     def cas(self, key: str, expected: Any, new: Any) -> bool:
         """Set `key` to `new` if it holds `expected` (None: absent); True when swapped."""
-        return bool(self._write("kv.cas", {"key": _key(key), "expected": expected, "new": new}))
+        return bool(
+            self._write("kv.cas", {"key": check_key(key), "expected": expected, "new": new})
+        )
 
     def leader(self) -> str | None:
         """The id of the node that leads in the highest term any node reports, if any."""
@@ -90,51 +92,24 @@ class Client:
         )
 
     def _call(self, kind: str, body: dict[str, Any]) -> Any:
-        """Get an answer from the leader, retrying across redirects and failovers.
-
-        When the leader is unknown or silent the request goes to every node at once: followers
-        answer with a redirect and only the leader acts (a retried write is applied once).
-        """
-        deadline = time.monotonic() + self.timeout
-        target = self._leader
-        answered = False
-        if target is not None:  # the common case, without gather's bookkeeping
-            answer = self._ask_one(target, kind, body, min(self.timeout, ATTEMPT_TIMEOUT_S))
-            if answer is None:
-                target = None  # silent: ask every node
-            elif answer.kind == "kv.ok":
-                return answer.body.get("value")
-            elif not _retryable(answer):
-                raise RequestFailed(str(answer.body.get("error", answer.kind)))
+        """Get an answer from the leader, retrying across redirects and failovers (see
+        `RequestPolicy`)."""
+        policy = RequestPolicy(
+            self._node_ids, self._leader, time.monotonic() + self.timeout, self.timeout
+        )
+        while (attempt := policy.attempt(time.monotonic())) is not None:
+            asked, wait = attempt
+            if len(asked) == 1:  # the common case, without gather's bookkeeping
+                answers = {asked[0]: self._ask_one(asked[0], kind, body, wait)}
             else:
-                answered = True
-                hint = answer.body.get("leader")
-                target = hint if hint in self._node_ids and hint != target else None
-        while (remaining := deadline - time.monotonic()) > 0:
-            asked = [target] if target else self._node_ids
-            answers = self.gather(
-                asked, kind, body, min(remaining, ATTEMPT_TIMEOUT_S), raw=True, until=_decisive
-            )
-            replies = {node: answer for node, answer in answers.items() if answer is not None}
-            if not replies:
-                target = None
-                continue
-            answered = True
-            for node, answer in replies.items():
-                if answer.kind == "kv.ok":
-                    self._leader = node
-                    return answer.body.get("value")
-                if not _retryable(answer):
-                    raise RequestFailed(str(answer.body.get("error", answer.kind)))
-            hints = {answer.body.get("leader") for answer in replies.values()}
-            hinted = [node for node in hints if node in self._node_ids and node not in asked]
-            target = hinted[0] if len(hinted) == 1 else None
-            if target is None:  # an election is under way, or the leader asked us to retry
-                time.sleep(min(NO_LEADER_BACKOFF_S, max(0.0, deadline - time.monotonic())))
+                answers = self.gather(asked, kind, body, wait, raw=True, until=decisive)
+            if policy.settle(asked, answers):
+                self._leader = policy.served_by
+                return policy.value
+            if policy.backoff:
+                time.sleep(min(policy.backoff, max(0.0, policy.deadline - time.monotonic())))
         self._leader = None
-        if not answered:
-            raise Unavailable(f"no node answered within {self.timeout:g} s")
-        raise Timeout(f"no leader completed the request within {self.timeout:g} s")
+        raise policy.failure()
 
     def _ask_one(
         self, node_id: str, kind: str, body: dict[str, Any], timeout: float
@@ -236,27 +211,33 @@ class Client:
         sock = self._sockets.get(node_id)
         if sock is None:
             sock = self._context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 1000)
-            sock.setsockopt(zmq.RECONNECT_IVL, 50)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            socket_options(sock)
             sock.connect(self.config.node(node_id).client_address)
             self._sockets[node_id] = sock
         return sock
 
 
-def _retryable(answer: Envelope) -> bool:
-    return answer.kind == "kv.redirect" or (
-        answer.kind == "kv.error" and answer.body.get("retry") is True
+def topology_of(topology: str | os.PathLike[str] | ClusterConfig) -> ClusterConfig:
+    return topology if isinstance(topology, ClusterConfig) else load_topology(topology)
+
+
+def client_codec(config: ClusterConfig) -> Codec:
+    return Codec(
+        cluster=config.cluster,
+        sender=f"client-{os.getpid()}",
+        max_message_bytes=config.transport.max_message_bytes,
     )
 
 
-def _decisive(answers: dict[str, Envelope | None]) -> bool:
-    """Stop waiting once an answer settles the request: a success or a definite failure."""
-    return any(a is not None and (a.kind == "kv.ok" or not _retryable(a)) for a in answers.values())
+def socket_options(sock: zmq.Socket) -> None:
+    """A client's DEALER to one node: never lingers, bounded queue, quick reconnects."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 1000)
+    sock.setsockopt(zmq.RECONNECT_IVL, 50)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
 
 
-def _key(key: str) -> str:
+def check_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"keys are str, got {type(key).__name__}")
     return key

@@ -21,6 +21,7 @@ __all__ = [
     "ctl_json",
     "descendants",
     "run_ctl",
+    "started_cluster",
     "wait_until",
     "write_topology",
 ]
@@ -78,3 +79,10 @@ class LocalCluster(local_cluster.LocalCluster):
 
     def leader(self, client: Any, timeout: float = 20) -> str:
         return wait_until(client.leader, timeout, "a leader")
+
+
+def started_cluster(folder: Path, processes: Processes, size: int, **settings: Any) -> LocalCluster:
+    """`size` nodes n1..nN of a topology written to `folder` with `settings`, all started."""
+    local = LocalCluster(write_topology(folder, size, **settings), processes)
+    local.start(*(f"n{i}" for i in range(1, size + 1)))
+    return local

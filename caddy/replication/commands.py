@@ -59,9 +59,7 @@ def decode_command(data: bytes) -> Command:
     return Command(client_id, seq, ack_below, log_time_ms, payload)
 
 
-def check_command(
-    client_id: Any, seq: Any, ack_below: Any, log_time_ms: Any, payload: Any
-) -> None:
+def check_command(client_id: Any, seq: Any, ack_below: Any, log_time_ms: Any, payload: Any) -> None:
     """Raise CommandError unless the fields make a valid command (see `Command`)."""
     if type(client_id) is not str or len(client_id) > MAX_CLIENT_ID_LENGTH:
         raise CommandError(f"client_id: expected a string of at most {MAX_CLIENT_ID_LENGTH} chars")

@@ -22,6 +22,8 @@ from caddy.replication.state_machine import (
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 1
+# Writes one client may have in flight at once: their answers are kept for retries.
+MAX_RESULTS_PER_SESSION = 64
 _MISSING = object()
 
 
@@ -72,7 +74,7 @@ class SessionStateMachine(StateMachine):
         inner: StateMachine,
         session_ttl_ms: int = 3_600_000,
         max_sessions: int = 100_000,
-        max_results_per_session: int = 64,
+        max_results_per_session: int = MAX_RESULTS_PER_SESSION,
     ) -> None:
         if session_ttl_ms <= 0 or max_sessions <= 0 or max_results_per_session <= 0:
             raise ValueError("session_ttl_ms, max_sessions and max_results_per_session must be > 0")

@@ -7,17 +7,14 @@ import pytest
 
 from caddy.client import Client
 from caddy.errors import CaddyError
-from tests.harness import LocalCluster, wait_until, write_topology
+from tests.harness import started_cluster, wait_until
 
 NODES = ("n1", "n2", "n3")
 
 
 @pytest.fixture
 def cluster(tmp_path, processes):
-    topology = write_topology(tmp_path, 3, raft={"snapshot_threshold": 100})
-    local = LocalCluster(topology, processes)
-    local.start(*NODES)
-    return local
+    return started_cluster(tmp_path, processes, 3, raft={"snapshot_threshold": 100})
 
 
 class CasWriter(threading.Thread):
@@ -177,12 +174,10 @@ def test_sigterm_of_the_leader_hands_leadership_over(cluster):
 def test_a_write_that_cannot_commit_times_out_on_the_node(tmp_path, processes):
     """Without CheckQuorum an isolated leader keeps leading; its stuck writes still get an
     answer (outcome unknown, retry) once the request timeout passes."""
-    topology = write_topology(
-        tmp_path, 3, raft={"check_quorum": False}, transport={"request_timeout_ms": 500}
+    local = started_cluster(
+        tmp_path, processes, 3, raft={"check_quorum": False}, transport={"request_timeout_ms": 500}
     )
-    local = LocalCluster(topology, processes)
-    local.start(*NODES)
-    with Client(topology, timeout=20) as client:
+    with Client(local.topology, timeout=20) as client:
         leader = local.leader(client)
         followers = [n for n in NODES if n != leader]
         for follower in followers:

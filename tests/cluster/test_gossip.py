@@ -6,17 +6,14 @@ import threading
 import pytest
 
 from caddy.client import Client
-from tests.harness import LocalCluster, ctl_json, wait_until, write_topology
+from tests.harness import ctl_json, started_cluster, wait_until
 
 NODES = ("n1", "n2", "n3", "n4", "n5")
 
 
 @pytest.fixture
 def cluster(tmp_path, processes):
-    topology = write_topology(tmp_path, 5, gossip={"profile": "fast"})
-    local = LocalCluster(topology, processes)
-    local.start(*NODES)
-    return local
+    return started_cluster(tmp_path, processes, 5, gossip={"profile": "fast"})
 
 
 def views(client):

@@ -1,7 +1,8 @@
 """The pure modules of `caddy/` import no I/O or concurrency module and never sleep.
 
-Only `caddy/client.py` (and `caddy/ctl.py`, which drives it) touch sockets; `caddy/storage/` touches
-files but is still free of sockets, threads and actors.
+Only the clients (`caddy/client.py`, `caddy/async_client.py`, and `caddy/ctl.py`, which drives the
+first) touch sockets; `caddy/storage/` touches files but is still free of sockets, threads and
+actors.
 """
 
 import ast
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 CADDY = Path(__file__).resolve().parents[2] / "caddy"
-SOCKET_EDGE = {"client.py", "ctl.py"}
+SOCKET_EDGE = {"client.py", "async_client.py", "ctl.py"}
 FORBIDDEN_EVERYWHERE = {"zmq", "pykka", "threading", "socket", "asyncio", "multiprocessing"}
 FORBIDDEN_IN_CORES = FORBIDDEN_EVERYWHERE | {"time", "subprocess", "sqlite3"}
 # A core may name `random.Random` (a seeded source is handed in), never draw from the global one.

@@ -1,0 +1,86 @@
+"""How a client sees a request through, without I/O: whom to ask, what answers mean, when to stop.
+
+Shared by the blocking `Client` and the asyncio `AsyncClient`, so that both retry alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from caddy.errors import CaddyError, Timeout, Unavailable
+from caddy.wire import Envelope
+
+ATTEMPT_TIMEOUT_S = 0.25  # after this long without an answer, ask every node
+NO_LEADER_BACKOFF_S = 0.02  # an election is under way: ask again shortly
+
+
+class RequestFailed(CaddyError):
+    """The node answered with an error that retrying cannot fix (a malformed request)."""
+
+
+@dataclass(slots=True)
+class RequestPolicy:
+    """One request's course. It goes to the known leader, or to every node at once when the
+    leader is unknown or silent (followers answer with a redirect and only the leader acts, so a
+    retried write is applied once); a redirect naming one other node is followed; while an
+    election is under way the client backs off briefly."""
+
+    node_ids: Sequence[str]
+    target: str | None  # the node to ask next; None: every node
+    deadline: float  # on the caller's monotonic clock
+    timeout: float
+    answered: bool = False
+    backoff: float = 0.0  # how long to pause before the next attempt
+    served_by: str | None = None
+    value: Any = None
+
+    def attempt(self, now: float) -> tuple[list[str], float] | None:
+        """The nodes to ask and how long to wait for them; None once the deadline passed."""
+        remaining = self.deadline - now
+        if remaining <= 0:
+            return None
+        asked = [self.target] if self.target is not None else list(self.node_ids)
+        return asked, min(remaining, ATTEMPT_TIMEOUT_S)
+
+    def settle(self, asked: Sequence[str], answers: dict[str, Envelope | None]) -> bool:
+        """Take one attempt's answers; True when the request is done (see `served_by`, `value`).
+
+        Raises RequestFailed for an answer that no retry can change.
+        """
+        self.backoff = 0.0
+        replies = {node: answer for node, answer in answers.items() if answer is not None}
+        if not replies:
+            self.target = None
+            return False
+        self.answered = True
+        for node, answer in replies.items():
+            if answer.kind == "kv.ok":
+                self.served_by, self.value = node, answer.body.get("value")
+                return True
+            if not retryable(answer):
+                raise RequestFailed(str(answer.body.get("error", answer.kind)))
+        hints = {answer.body.get("leader") for answer in replies.values()}
+        hinted = [node for node in hints if node in self.node_ids and node not in asked]
+        self.target = hinted[0] if len(hinted) == 1 else None
+        if self.target is None:  # an election is under way, or the leader asked us to retry
+            self.backoff = NO_LEADER_BACKOFF_S
+        return False
+
+    def failure(self) -> CaddyError:
+        """The error to raise once `attempt` returned None."""
+        if not self.answered:
+            return Unavailable(f"no node answered within {self.timeout:g} s")
+        return Timeout(f"no leader completed the request within {self.timeout:g} s")
+
+
+def retryable(answer: Envelope) -> bool:
+    return answer.kind == "kv.redirect" or (
+        answer.kind == "kv.error" and answer.body.get("retry") is True
+    )
+
+
+def decisive(answers: dict[str, Envelope | None]) -> bool:
+    """Whether an answer settles the request: a success or a definite failure."""
+    return any(a is not None and (a.kind == "kv.ok" or not retryable(a)) for a in answers.values())

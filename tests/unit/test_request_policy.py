@@ -1,0 +1,70 @@
+"""The clients' request policy: whom to ask, what answers mean, when to give up."""
+
+import pytest
+
+from caddy.errors import Timeout, Unavailable
+from caddy.request_policy import (
+    ATTEMPT_TIMEOUT_S,
+    NO_LEADER_BACKOFF_S,
+    RequestFailed,
+    RequestPolicy,
+)
+from caddy.wire import Envelope
+
+NODES = ("n1", "n2", "n3")
+
+
+def answer(kind, **body):
+    return Envelope("test", "n", kind, body, 1)
+
+
+def policy(target=None, deadline=10.0):
+    return RequestPolicy(NODES, target, deadline, timeout=deadline)
+
+
+def test_a_known_leader_is_asked_alone_and_its_answer_settles_the_request():
+    course = policy("n2")
+    assert course.attempt(0.0) == (["n2"], ATTEMPT_TIMEOUT_S)
+    assert course.settle(["n2"], {"n2": answer("kv.ok", value=7)})
+    assert (course.served_by, course.value) == ("n2", 7)
+
+
+def test_a_silent_leader_makes_the_next_attempt_ask_everyone_at_once():
+    course = policy("n2")
+    assert not course.settle(["n2"], {"n2": None})
+    assert course.backoff == 0.0
+    assert course.attempt(1.0) == (list(NODES), ATTEMPT_TIMEOUT_S)
+
+
+def test_a_redirect_naming_one_other_node_is_followed_without_pause():
+    course = policy("n1")
+    assert not course.settle(["n1"], {"n1": answer("kv.redirect", leader="n3")})
+    assert course.target == "n3" and course.backoff == 0.0
+    assert course.attempt(0.1)[0] == ["n3"]
+
+
+def test_no_leader_known_anywhere_means_a_short_pause_then_everyone_again():
+    course = policy("n1")
+    assert not course.settle(
+        ["n1"], {"n1": answer("kv.error", error="leadership lost", retry=True)}
+    )
+    assert course.target is None and course.backoff == NO_LEADER_BACKOFF_S
+    assert course.attempt(0.5)[0] == list(NODES)
+
+
+def test_an_answer_no_retry_can_change_fails_the_request():
+    course = policy("n1")
+    with pytest.raises(RequestFailed, match="bad key"):
+        course.settle(["n1"], {"n1": answer("kv.error", error="bad key", retry=False)})
+
+
+def test_the_deadline_ends_the_course_with_the_right_error():
+    silent = policy("n1", deadline=1.0)
+    assert silent.attempt(0.9) == (["n1"], pytest.approx(0.1))
+    silent.settle(["n1"], {"n1": None})
+    assert silent.attempt(1.0) is None
+    assert isinstance(silent.failure(), Unavailable)
+    heard = policy("n1", deadline=1.0)
+    heard.settle(["n1"], {"n1": answer("kv.redirect", leader=None)})
+    assert heard.attempt(1.5) is None
+    assert isinstance(heard.failure(), Timeout)
