@@ -1,13 +1,15 @@
 """The key-value service end to end: a durable 3-node cluster of real `caddy-node` processes.
 
-Measures write and linearizable read throughput (many client processes x threads) and latency (one
-sequential client), leader failover after kill -9, and node memory; prints one JSON line.
+Measures write and linearizable read throughput (many client processes x threads; writes also from
+AsyncClient coroutines) and latency (one sequential client), leader failover after kill -9, and
+node memory; prints one JSON line.
 Usage: python bench/kv.py [--seconds S] [--kills N] [--processes P] [--threads T]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import bisect
 import json
 import multiprocessing
@@ -30,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from actors import local_cluster  # noqa: E402
 from actors.local_cluster import LocalCluster  # noqa: E402
+from caddy.async_client import AsyncClient  # noqa: E402
 from caddy.client import Client  # noqa: E402
 from caddy.errors import CaddyError  # noqa: E402
 
@@ -143,6 +146,48 @@ def load_worker(
     results.put(([s for samples in latencies for s in samples], sum(errors)))
 
 
+def async_load_worker(
+    topology: str,
+    tasks: int,
+    seconds: float,
+    value: bytes,
+    start: Any,
+    ready: Any,
+    results: Any,
+) -> None:
+    """`tasks` coroutines sharing one AsyncClient, each writing back to back for `seconds`."""
+    asyncio.run(_async_load(topology, tasks, seconds, value, start, ready, results))
+
+
+async def _async_load(
+    topology: str, tasks: int, seconds: float, value: bytes, start: Any, ready: Any, results: Any
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    latencies: list[float] = []
+    errors = 0
+    async with AsyncClient(topology, timeout=10.0) as client:
+        await client.put(f"w-{tag}-warm", value)  # finds the leader and connects before timing
+        for _ in range(tasks):
+            ready.put(1)
+        await asyncio.get_running_loop().run_in_executor(None, start.wait)
+
+        async def run(slot: int) -> None:
+            nonlocal errors
+            deadline = time.perf_counter() + seconds
+            i = 0
+            while (before := time.perf_counter()) < deadline:
+                try:
+                    await client.put(f"w-{tag}-{slot}-{i}", value)
+                except CaddyError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - before)
+                i += 1
+
+        await asyncio.gather(*(run(slot) for slot in range(tasks)))
+    results.put((latencies, errors))
+
+
 def _operation(client: Client, op: str, tag: str, value: bytes) -> Callable[[int], Any]:
     if op == "put":
         return lambda i: client.put(f"w-{tag}-{i}", value)
@@ -155,10 +200,14 @@ def run_load(
     """Throughput and latency of `processes` x `threads` closed-loop clients doing `op`."""
     spawn = multiprocessing.get_context("spawn")  # no zmq context is ever forked
     start, ready, results = spawn.Event(), spawn.Queue(), spawn.Queue()
+    if op == "put-async":  # `threads` coroutines per process over one AsyncClient
+        target, head = async_load_worker, (str(topology),)
+    else:
+        target, head = load_worker, (str(topology), op)
     workers = [
         spawn.Process(
-            target=load_worker,
-            args=(str(topology), op, threads, seconds, value, start, ready, results),
+            target=target,
+            args=(*head, threads, seconds, value, start, ready, results),
             daemon=True,
         )
         for _ in range(processes)
@@ -350,9 +399,11 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         value = b"x" * args.value_bytes
         prefill(client, value)
         layout = (args.processes, args.threads)
+        in_flight = args.processes * args.threads
         results: dict[str, Any] = {}
         phases = [
             ("write", "put", layout),
+            ("write_async", "put-async", (args.async_processes, in_flight // args.async_processes)),
             ("write_seq", "put", (1, 1)),
             ("read", "get", layout),
             ("read_seq", "get", (1, 1)),
@@ -370,6 +421,9 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "write_ops_per_s": results["write"]["ops_per_s"],
         "write_concurrent_p50_ms": results["write"]["p50_ms"],
         "write_concurrent_p99_ms": results["write"]["p99_ms"],
+        "write_async_ops_per_s": results["write_async"]["ops_per_s"],
+        "write_async_p50_ms": results["write_async"]["p50_ms"],
+        "write_async_p99_ms": results["write_async"]["p99_ms"],
         "write_p50_ms": results["write_seq"]["p50_ms"],
         "write_p99_ms": results["write_seq"]["p99_ms"],
         "write_seq_ops_per_s": results["write_seq"]["ops_per_s"],
@@ -387,6 +441,9 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "durable": "SQLite WAL, fsync per batch",
             "timings": "topology defaults (tick 10 ms, election 150-300 ms, heartbeat 50 ms)",
             "concurrent_layout": f"{args.processes} processes x {args.threads} threads",
+            "async_layout": f"{args.async_processes} processes x "
+            f"{args.processes * args.threads // args.async_processes} coroutines on one "
+            "AsyncClient each",
             "in_flight": args.processes * args.threads,
             "sequential_layout": "1 process x 1 thread",
             "seconds_per_phase": args.seconds,
@@ -412,6 +469,9 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20, help="leader kill -9 rounds")
     parser.add_argument("--processes", type=int, default=4, help="concurrent client processes")
     parser.add_argument("--threads", type=int, default=16, help="client threads per process")
+    parser.add_argument(
+        "--async-processes", type=int, default=2, help="AsyncClient processes (same in-flight)"
+    )
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, data)")
     args = parser.parse_args()
