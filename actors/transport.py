@@ -240,18 +240,18 @@ class Transport:
         undeliverable = 0
         on_io_thread = threading.get_ident() == self._io_thread_id
         with self._client_lock:
-            if not self._client_open:
-                undeliverable = len(frames)
-                frames = []
-            router = self._client_router
-            for frame in frames:
-                try:
-                    router.send_multipart(frame, _NOBLOCK)
-                except zmq.ZMQError:  # client gone (EHOSTUNREACH) or not reading (EAGAIN)
-                    undeliverable += 1
-            # A send may consume the ZMQ_FD signal of a request that arrived meanwhile: then
-            # the sleeping I/O thread must be told to look (it drains before sleeping anyway).
-            input_waiting = on_io_thread or (frames and router.get(_EVENTS) & _POLLIN)
+            if not self._client_open:  # not started yet, or stopped
+                undeliverable, input_waiting = len(frames), False
+            else:
+                router = self._client_router
+                for frame in frames:
+                    try:
+                        router.send_multipart(frame, _NOBLOCK)
+                    except zmq.ZMQError:  # client gone (EHOSTUNREACH) or not reading (EAGAIN)
+                        undeliverable += 1
+                # A send may consume the ZMQ_FD signal of a request that arrived meanwhile:
+                # the sleeping I/O thread must then be told to look (it drains before sleeping).
+                input_waiting = on_io_thread or bool(router.get(_EVENTS) & _POLLIN)
         if undeliverable:
             self._count_drop("reply-undeliverable", undeliverable)
         if input_waiting:
@@ -322,7 +322,6 @@ class Transport:
         self._peer_router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._peer_router.bind(self._node.address)
         self._client_router.bind(self._node.client_address)
-        self._client_open = True
         self._router_monitors = [
             _monitor(router, _HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED)
             for router in (self._peer_router, self._client_router)
@@ -342,6 +341,8 @@ class Transport:
             monitor = _monitor(dealer, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
             dealer.connect(connect_endpoint(self._node.address, peer.address))
             self._peers[peer.id] = _Peer(PeerStats(peer.id, peer.address), dealer, monitor)
+        with self._client_lock:
+            self._client_open = True
         self._sockets_open = True
 
     def _close_sockets(self) -> None:
@@ -567,7 +568,7 @@ class Transport:
             except zmq.Again:
                 return
             event = parse_monitor_message(frames)["event"]
-            with self._lock:
+            with peer.lock:
                 if event == zmq.EVENT_CONNECTED:
                     peer.stats.connected = True
                 elif event == zmq.EVENT_DISCONNECTED:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -19,12 +20,14 @@ import zmq
 
 from caddy.client import check_key, client_codec, socket_options, topology_of
 from caddy.config import ClusterConfig
-from caddy.errors import WireError
+from caddy.errors import Unavailable, WireError
 from caddy.replication.sessions import MAX_RESULTS_PER_SESSION
 from caddy.request_policy import RequestPolicy, decisive
 from caddy.wire import Envelope
 
 __all__ = ["AsyncClient"]
+
+log = logging.getLogger(__name__)
 
 
 class AsyncClient:
@@ -58,7 +61,9 @@ class AsyncClient:
         self._seq = 0
         self._unanswered: set[int] = set()  # seqs of writes in flight
         self._max_in_flight = max_in_flight
-        self._window = asyncio.Condition()
+        self._window_waiters: list[asyncio.Future[None]] = []
+        self._asking: set[asyncio.Future[None]] = set()  # one per attempt under way
+        self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -67,6 +72,10 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        """Stop: requests still running end with Unavailable, nothing is reopened."""
+        self._closed = True
+        for settled in self._asking:
+            _settle(settled)
         for reader in self._readers:
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
@@ -97,19 +106,23 @@ class AsyncClient:
     async def _write(self, kind: str, body: dict[str, Any]) -> Any:
         # The cluster keeps answers from the lowest unanswered seq on, so a new seq may run at
         # most `max_in_flight` ahead of it: a window, not just a count of writes in flight.
-        async with self._window:
-            await self._window.wait_for(self._window_open)
-            self._seq += 1  # a retry of this write reuses the number: the cluster applies it once
-            seq = self._seq
-            self._unanswered.add(seq)
+        while not self._window_open():
+            waiter = asyncio.get_running_loop().create_future()
+            self._window_waiters.append(waiter)
+            await waiter
+        self._seq += 1  # a retry of this write reuses the number: the cluster applies it once
+        seq = self._seq
+        self._unanswered.add(seq)
         try:
             # `ack`: every write below the lowest unanswered one has had its answer
             session = {"client": self.client_id, "seq": seq, "ack": min(self._unanswered)}
             return await self._call(kind, {**body, **session})
-        finally:
+        finally:  # no await in here: a cancellation cannot skip waking the waiters
             self._unanswered.discard(seq)
-            async with self._window:
-                self._window.notify_all()
+            waiters, self._window_waiters = self._window_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _window_open(self) -> bool:
         return not self._unanswered or self._seq + 1 - min(self._unanswered) < self._max_in_flight
@@ -121,9 +134,13 @@ class AsyncClient:
         )
         while (attempt := policy.attempt(loop.time())) is not None:
             asked, wait = attempt
-            if policy.settle(asked, await self._ask(asked, kind, body, wait)):
+            started = loop.time()
+            answers = await self._ask(asked, kind, body, wait)
+            if policy.settle(asked, answers):
                 self._leader = policy.served_by
                 return policy.value
+            if not any(answers.values()) and not self._closed:  # maybe nothing left: no spin
+                await asyncio.sleep(max(0.0, wait - (loop.time() - started)))
             if policy.backoff:
                 await asyncio.sleep(min(policy.backoff, max(0.0, policy.deadline - loop.time())))
         self._leader = None
@@ -137,23 +154,27 @@ class AsyncClient:
         """Send one request to each node; their answers, until one settles it or `timeout`."""
         loop = asyncio.get_running_loop()
         answers: dict[str, Envelope | None] = dict.fromkeys(node_ids)
-        settled: asyncio.Future[None] = loop.create_future()
-        request_ids = []
+        sent = {}
         for node_id in node_ids:
             request_id = next(self._request_ids)
             if self._send(node_id, self._codec.encode(kind, body, request_id)):
-                self._waiting[request_id] = functools.partial(
-                    _take_answer, answers, node_id, settled, len(node_ids)
-                )
-                request_ids.append(request_id)
-        if not request_ids:
+                sent[request_id] = node_id
+        if not sent:
             return answers
+        # Answers are taken by the reader tasks, which run only once this task awaits.
+        settled: asyncio.Future[None] = loop.create_future()
+        for request_id, node_id in sent.items():
+            self._waiting[request_id] = functools.partial(
+                _take_answer, answers, node_id, settled, len(sent)
+            )
+        self._asking.add(settled)
         expiry = loop.call_later(timeout, _settle, settled)
         try:
             await settled
         finally:
             expiry.cancel()
-            for request_id in request_ids:  # a late answer finds nobody waiting: dropped
+            self._asking.discard(settled)
+            for request_id in sent:  # a late answer finds nobody waiting: dropped
                 self._waiting.pop(request_id, None)
         return answers
 
@@ -173,6 +194,8 @@ class AsyncClient:
         keeps one event loop ahead of many requests."""
         sock = self._sockets.get(node_id)
         if sock is None:
+            if self._closed:
+                raise Unavailable("the client is closed")
             sock = self._sockets[node_id] = self._context.socket(zmq.DEALER)
             socket_options(sock)
             sock.connect(self.config.node(node_id).client_address)
@@ -203,6 +226,9 @@ class AsyncClient:
                 readable.clear()
                 if not sock.get(zmq.EVENTS) & zmq.POLLIN:
                     await readable.wait()
+        except Exception:  # its node's requests would all time out: say why
+            log.exception("async client: reading answers failed")
+            raise
         finally:
             loop.remove_reader(fd)
 

@@ -99,6 +99,7 @@ class Client:
         )
         while (attempt := policy.attempt(time.monotonic())) is not None:
             asked, wait = attempt
+            started = time.monotonic()
             if len(asked) == 1:  # the common case, without gather's bookkeeping
                 answers = {asked[0]: self._ask_one(asked[0], kind, body, wait)}
             else:
@@ -106,6 +107,8 @@ class Client:
             if policy.settle(asked, answers):
                 self._leader = policy.served_by
                 return policy.value
+            if not any(answers.values()):  # maybe nothing left (full queues): no busy loop
+                time.sleep(max(0.0, wait - (time.monotonic() - started)))
             if policy.backoff:
                 time.sleep(min(policy.backoff, max(0.0, policy.deadline - time.monotonic())))
         self._leader = None

@@ -664,7 +664,8 @@ class RaftNode:
                 ),
             )
         )
-        progress.commit_sent = log.commit
+        # A follower takes the commit index only as far as the entries it got reach.
+        progress.commit_sent = max(progress.commit_sent, min(log.commit, prev_index + len(entries)))
         return True
 
     def _send_snapshot_chunk(self, peer: str, progress: Progress) -> None:
@@ -679,9 +680,9 @@ class RaftNode:
         round_number = self._reads.start_round(self._lease_clock())
         commit = self.log.commit
         for peer, progress in self._progress.items():
-            self._send(
-                peer, Heartbeat(self.term, self.id, min(progress.match, commit), round_number)
-            )
+            told = min(progress.match, commit)
+            self._send(peer, Heartbeat(self.term, self.id, told, round_number))
+            progress.commit_sent = max(progress.commit_sent, told)
             if progress.state is ProgressState.SNAPSHOT:
                 self._send_snapshot_chunk(peer, progress)  # in case the last chunk was lost
         self._confirm_reads()
@@ -706,7 +707,7 @@ class RaftNode:
                 if self.state is not StateRole.LEADER:
                     return
             elif was_paused:
-                # The commit broadcast skipped this follower while it was paused.
+                # It may have missed commit announcements while paused: tell it now.
                 self._send_append(message.sender, progress, send_empty=True)
         while self._send_append(message.sender, progress, send_empty=False):
             pass

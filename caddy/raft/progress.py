@@ -42,7 +42,7 @@ class Progress:
         self.recent_active = False  # heard from within the current CheckQuorum period
         self.pending_snapshot = 0  # index of the snapshot being sent
         self.snapshot_offset = 0  # next byte of it to send
-        self.commit_sent = 0  # the highest commit index an AppendEntries told it
+        self.commit_sent = 0  # the highest commit index an append or heartbeat told it
 
     def is_paused(self) -> bool:
         """Whether the leader must hold back further AppendEntries."""

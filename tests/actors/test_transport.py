@@ -271,7 +271,7 @@ def test_a_batched_handler_gets_peer_and_client_messages_in_batches_in_order(tmp
                     assert inbound.route.request_id == inbound.envelope.body["n"] + 1
                     client_got.append(inbound.envelope.body["n"])
         assert peer_got == list(range(600)) and client_got == list(range(600))
-        assert len(sizes) < 1200  # batching happened: fewer deliveries than messages
+        assert len(sizes) < 900  # batching happened: far fewer deliveries than messages
     finally:
         client.close()
         for transport in transports.values():

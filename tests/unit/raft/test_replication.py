@@ -274,8 +274,9 @@ def test_an_append_from_an_older_term_changes_nothing_and_reveals_the_newer_term
 
 
 def replicate_without_ticks(data):
-    """A 3-node cluster whose leader "a" committed `data`; no tick has passed since."""
-    cluster = Cluster()
+    """A 3-node cluster whose leader "a" committed `data`; no tick has passed since. Heartbeats
+    (which carry the commit index too) are rare, so a tick means an announcement."""
+    cluster = Cluster(heartbeat_ticks=5)
     leader = cluster.elect("a")
     index, _ = leader.propose(data)
     cluster.process("a")
@@ -303,9 +304,26 @@ def test_a_commit_reaches_followers_on_the_next_tick_in_one_append_each():
     assert not appends_sent(cluster), "announced twice"
 
 
+def test_a_heartbeat_carries_the_commit_so_no_announcement_follows_it():
+    cluster = Cluster()  # a heartbeat every tick
+    leader = cluster.elect("a")
+    index, _ = leader.propose(b"x")
+    cluster.process("a")
+    cluster.deliver()
+    leader.tick()
+    cluster.process("a")
+    beats = [m for _, _, m in cluster.outbox if isinstance(m, Heartbeat)]
+    assert len(beats) == 2 and all(m.commit == index for m in beats)
+    assert not appends_sent(cluster), "announced beside a heartbeat that carried it"
+
+
 def test_entries_carry_the_commit_so_no_announcement_follows_them():
     cluster, leader, first = replicate_without_ticks(b"x")
     leader.propose(b"y")  # its AppendEntries tells the followers that x committed
     cluster.process("a")
     carried = [m for _, m in appends_sent(cluster)]
     assert len(carried) == 2 and all(m.commit == first and m.entries for m in carried)
+    cluster.outbox = []
+    leader.tick()
+    cluster.process("a")
+    assert not appends_sent(cluster), "x's commit announced again after y carried it"
