@@ -83,6 +83,7 @@ class AsyncClient:
         for sock in self._sockets.values():
             sock.close(0)
         self._sockets.clear()
+        self._readable.clear()
 
     # ----- key-value operations (linearizable; writes applied exactly once) ---------------------
 
