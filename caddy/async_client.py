@@ -53,6 +53,7 @@ class AsyncClient:
         self._context = zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
         self._readable: dict[str, asyncio.Event] = {}  # set: the node's socket may have input
+        self._sent_unchecked: set[str] = set()  # nodes sent to since their last input check
         self._readers: list[asyncio.Task[None]] = []
         self._waiting: dict[int, Callable[[Envelope], None]] = {}  # by request id
         self._request_ids = itertools.count(1)
@@ -185,9 +186,16 @@ class AsyncClient:
             sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             return False
-        if sock.get(zmq.EVENTS) & zmq.POLLIN:  # the send may have taken the ZMQ_FD edge
-            self._readable[node_id].set()
+        if node_id not in self._sent_unchecked:  # a send may take the ZMQ_FD edge: look once
+            self._sent_unchecked.add(node_id)  # the sends of this turn of the loop are done
+            asyncio.get_running_loop().call_soon(self._look_for_input, node_id)
         return True
+
+    def _look_for_input(self, node_id: str) -> None:
+        self._sent_unchecked.discard(node_id)
+        sock = self._sockets.get(node_id)
+        if sock is not None and sock.get(zmq.EVENTS) & zmq.POLLIN:
+            self._readable[node_id].set()
 
     def _socket(self, node_id: str) -> zmq.Socket:
         """The node's DEALER. It is a plain socket, read by a task woken through its ZMQ_FD:
