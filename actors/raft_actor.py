@@ -22,6 +22,7 @@ from caddy.errors import NotLeader, WireError
 from caddy.raft.codec import from_wire, to_wire
 from caddy.raft.errors import RequestRejected
 from caddy.raft.membership import MemberRole
+from caddy.raft.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
 from caddy.raft.node import RaftNode
 from caddy.raft.ready import SEND_BEFORE_PERSIST, Ready, StateRole
 from caddy.raft.types import EntryKind
@@ -214,11 +215,11 @@ class RaftActor(pykka.ThreadingActor):
             # else (votes, acknowledgements) waits for the sync, as `Ready` requires.
             for to, message in ready.messages:
                 if isinstance(message, SEND_BEFORE_PERSIST):
-                    self._transport.send(to, message.kind, to_wire(message))
+                    self._send(to, message)
             self._persist(ready)
             for to, message in ready.messages:
                 if not isinstance(message, SEND_BEFORE_PERSIST):
-                    self._transport.send(to, message.kind, to_wire(message))
+                    self._send(to, message)
             self._apply(ready)
             if ready.soft_state is not None:
                 self._on_soft_state(ready)
@@ -231,6 +232,16 @@ class RaftActor(pykka.ThreadingActor):
             if ready.snapshot_request is not None:
                 self._take_snapshot()  # after advance: the core's applied index is the machine's
         self._publish_status()
+
+    def _send(self, to: str, message: Message) -> None:
+        """Send; a message the transport had to drop tells the core that `to` is unreachable,
+        so that it probes instead of filling the window with appends nobody receives."""
+        if self._transport.send(to, message.kind, to_wire(message)):
+            return
+        if isinstance(message, InstallSnapshot):
+            self.core.report_snapshot_failed(to)
+        elif isinstance(message, AppendEntries | Heartbeat):
+            self.core.report_unreachable(to)
 
     def _persist(self, ready: Ready) -> None:
         storage = self._storage
@@ -354,6 +365,7 @@ class RaftActor(pykka.ThreadingActor):
             last_log_index=core.last_index,
             snapshot_index=core.log.snapshot.index,
             pending_writes=len(self._writes),
+            followers=core.follower_progress(),
         )
 
     def hand_over_leadership(self) -> str | None:

@@ -21,6 +21,8 @@ class RaftStatus:
     last_log_index: int = 0
     snapshot_index: int = 0
     pending_writes: int = 0
+    # A leader's view of each follower: {"match": index, "state": probe|replicate|snapshot}.
+    followers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

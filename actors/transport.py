@@ -212,14 +212,15 @@ class Transport:
 
     # ----- what other threads call ------------------------------------------------------------
 
-    def send(self, peer: str, kind: str, body: Mapping[str, Any]) -> None:
-        """Send one message to a peer from the calling thread; never blocks. Undeliverable ones
-        are counted as drops. Before `start()` has opened the sockets, messages are queued."""
+    def send(self, peer: str, kind: str, body: Mapping[str, Any]) -> bool:
+        """Send one message to a peer from the calling thread; never blocks. Returns False when
+        it was dropped (counted): the peer is not connected or not keeping up. Before `start()`
+        has opened the sockets, messages are queued (True)."""
         if self._sockets_open:
-            self._send_to_peer(peer, kind, body)
-            return
+            return self._send_to_peer(peer, kind, body)
         self._outbox.append((peer, kind, body))
         self._wake()
+        return True
 
     def reply(self, route: ClientRoute, kind: str, body: Mapping[str, Any]) -> None:
         """Answer a client request; the response carries the request's correlation id."""
@@ -438,30 +439,31 @@ class Transport:
         while outbox:
             self._send_to_peer(*outbox.popleft())
 
-    def _send_to_peer(self, peer_id: str, kind: str, body: Mapping[str, Any]) -> None:
+    def _send_to_peer(self, peer_id: str, kind: str, body: Mapping[str, Any]) -> bool:
         peer = self._peers.get(peer_id)
         if peer is None:
             log.warning("node %s: no peer %r; message %s dropped", self.node_id, peer_id, kind)
-            return
+            return False
         try:
             frame = self.codec.encode(kind, body)
         except WireError as error:
             log.error("node %s: cannot send %s to %s: %s", self.node_id, kind, peer_id, error)
             with peer.lock:
                 peer.stats.drops_out += 1
-            return
+            return False
         with peer.lock:
             stats = peer.stats  # per-message counters: see PeerStats
             if peer.closed:
                 stats.drops_out += 1
-                return
+                return False
             try:
                 peer.socket.send(frame, _NOBLOCK)
             except zmq.Again:  # not connected (IMMEDIATE) or at its HWM: drop, never block
                 stats.drops_out += 1
-                return
+                return False
             stats.msgs_out += 1
             stats.bytes_out += len(frame)
+        return True
 
     def _drain_router(self, router: zmq.Socket, *, from_client: bool) -> bool:
         """Take what is queued, up to a batch; True when the bound stopped it, as more may wait.

@@ -187,6 +187,15 @@ class RaftNode:
         """The leader's replication state for `peer` (None when not leader or not a member)."""
         return self._progress.get(peer)
 
+    def follower_progress(self) -> dict[str, dict[str, int | str]]:
+        """For status pages: each follower's match index and replication state (leader only)."""
+        if self.state is not StateRole.LEADER:
+            return {}
+        return {
+            peer: {"match": progress.match, "state": progress.state.value}
+            for peer, progress in self._progress.items()
+        }
+
     # ------------------------------------------------------------------ inputs
 
     def tick(self) -> None:
@@ -350,12 +359,6 @@ class RaftNode:
         """The transport could not deliver to `peer`: stop pipelining to it until it answers."""
         progress = self._progress.get(peer)
         if progress is not None and progress.state is ProgressState.REPLICATE:
-            progress.become_probe()
-
-    def report_snapshot_done(self, peer: str) -> None:
-        """A snapshot reached `peer` by other means: probe it right after the snapshot."""
-        progress = self._progress.get(peer)
-        if progress is not None and progress.state is ProgressState.SNAPSHOT:
             progress.become_probe()
 
     def report_snapshot_failed(self, peer: str) -> None:

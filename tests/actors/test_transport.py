@@ -80,8 +80,8 @@ def test_messages_to_a_dead_peer_are_dropped_not_queued(pair):
     config, transports, _ = pair
     transports["n2"].stop()
     wait_until(lambda: not transports["n1"].peer_stats()["n2"].connected, 10, "n2 disconnected")
-    for _ in range(100):
-        transports["n1"].send("n2", "test.ping", {})
+    sent = [transports["n1"].send("n2", "test.ping", {}) for _ in range(100)]
+    assert not any(sent), "a message to a disconnected peer was reported as sent"
     wait_until(lambda: transports["n1"].peer_stats()["n2"].drops_out >= 100, 10, "100 drops")
     transports["n2"] = Transport(config, "n2")  # so the fixture stops a live one
 

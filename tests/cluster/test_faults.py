@@ -79,6 +79,32 @@ def test_kill_leader_under_writes_loses_nothing_and_applies_once(cluster):
         check_all_acknowledged(cluster.topology, writer.acknowledged)
 
 
+def test_the_leader_stops_pipelining_to_a_dead_follower_and_resumes_when_it_returns(cluster):
+    """The transport's dropped sends reach the Raft core (report_unreachable): the leader probes
+    a dead follower instead of filling its window, and pipelines again once it is back."""
+    with Client(cluster.topology, timeout=20) as client:
+        leader = cluster.leader(client)
+        follower = next(n for n in NODES if n != leader)
+
+        def view_of_follower():
+            return client.status(leader)["followers"].get(follower, {})
+
+        wait_until(lambda: view_of_follower().get("state") == "replicate", 20, "replicating")
+        cluster.kill(follower)
+        client.put("while-down", 1)
+        wait_until(lambda: view_of_follower().get("state") == "probe", 20, "probing the dead one")
+        cluster.start(follower)
+        client.put("after", 2)
+        wait_until(
+            lambda: (
+                view_of_follower()
+                == {"match": client.status(leader)["last_log_index"], "state": "replicate"}
+            ),
+            30,
+            "replicating to it again, caught up",
+        )
+
+
 def test_restarted_follower_catches_up_through_a_snapshot(cluster):
     with Client(cluster.topology, timeout=20) as client:
         leader = cluster.leader(client)

@@ -327,3 +327,16 @@ def test_entries_carry_the_commit_so_no_announcement_follows_them():
     leader.tick()
     cluster.process("a")
     assert not appends_sent(cluster), "x's commit announced again after y carried it"
+
+
+def test_the_leader_reports_each_followers_match_and_state_and_a_follower_reports_none():
+    cluster = Cluster()
+    leader = cluster.elect("a")
+    cluster.propose("a", b"x")
+    assert leader.follower_progress() == {
+        "b": {"match": leader.last_index, "state": "replicate"},
+        "c": {"match": leader.last_index, "state": "replicate"},
+    }
+    leader.report_unreachable("c")
+    assert leader.follower_progress()["c"]["state"] == "probe"
+    assert cluster.nodes["b"].follower_progress() == {}
