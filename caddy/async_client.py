@@ -22,7 +22,7 @@ from caddy.client import check_key, client_codec, socket_options, topology_of
 from caddy.config import ClusterConfig
 from caddy.errors import Unavailable, WireError
 from caddy.replication.sessions import MAX_RESULTS_PER_SESSION
-from caddy.request_policy import RequestPolicy, decisive
+from caddy.request_policy import RequestPolicy, answer_body, decisive, leader_of
 from caddy.wire import Envelope
 
 __all__ = ["AsyncClient"]
@@ -105,6 +105,24 @@ class AsyncClient:
         body = {"key": check_key(key), "expected": expected, "new": new}
         return bool(await self._write("kv.cas", body))
 
+    async def leader(self) -> str | None:
+        """The id of the node that leads in the highest term any node reports, if any."""
+        return leader_of(await self.statuses())
+
+    async def status(self, node_id: str) -> dict[str, Any]:
+        """The status document of one node; Unavailable when it does not answer in time."""
+        self.config.node(node_id)  # a ConfigError naming an unknown node
+        answer = (await self._ask([node_id], "client.status", {}, self.timeout, _everyone))[node_id]
+        if answer is None:
+            raise Unavailable(f"node {node_id} did not answer within {self.timeout:g} s")
+        return answer_body(answer)
+
+    async def statuses(self) -> dict[str, dict[str, Any] | None]:
+        """Every node's status, asked in parallel; None for a node that did not answer."""
+        node_ids = [node.id for node in self.config.nodes]
+        answers = await self._ask(node_ids, "client.status", {}, self.timeout, _everyone)
+        return {node: None if a is None else answer_body(a) for node, a in answers.items()}
+
     async def _write(self, kind: str, body: dict[str, Any]) -> Any:
         # The cluster keeps answers from the lowest unanswered seq on, so a new seq may run at
         # most `max_in_flight` ahead of it: a window, not just a count of writes in flight.
@@ -151,9 +169,15 @@ class AsyncClient:
     # ----- requests ----------------------------------------------------------------------------
 
     async def _ask(
-        self, node_ids: list[str], kind: str, body: dict[str, Any], timeout: float
+        self,
+        node_ids: list[str],
+        kind: str,
+        body: dict[str, Any],
+        timeout: float,
+        until: Callable[[dict[str, Envelope | None]], bool] = decisive,
     ) -> dict[str, Envelope | None]:
-        """Send one request to each node; their answers, until one settles it or `timeout`."""
+        """Send one request to each node; their answers, until `until` holds, every node asked
+        answered, or `timeout` passed."""
         loop = asyncio.get_running_loop()
         answers: dict[str, Envelope | None] = dict.fromkeys(node_ids)
         sent = {}
@@ -167,7 +191,7 @@ class AsyncClient:
         settled: asyncio.Future[None] = loop.create_future()
         for request_id, node_id in sent.items():
             self._waiting[request_id] = functools.partial(
-                _take_answer, answers, node_id, settled, len(sent)
+                _take_answer, answers, node_id, settled, len(sent), until
             )
         self._asking.add(settled)
         expiry = loop.call_later(timeout, _settle, settled)
@@ -247,11 +271,17 @@ def _take_answer(
     node_id: str,
     settled: asyncio.Future[None],
     asked: int,
+    until: Callable[[dict[str, Envelope | None]], bool],
     answer: Envelope,
 ) -> None:
     answers[node_id] = answer
-    if decisive(answers) or sum(a is not None for a in answers.values()) == asked:
+    if until(answers) or sum(a is not None for a in answers.values()) == asked:
         _settle(settled)
+
+
+def _everyone(answers: dict[str, Envelope | None]) -> bool:
+    """Wait for every node asked (status queries)."""
+    return False
 
 
 def _settle(settled: asyncio.Future[None]) -> None:

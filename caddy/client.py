@@ -17,7 +17,7 @@ import zmq
 
 from caddy.config import ClusterConfig, load_topology
 from caddy.errors import Unavailable, WireError
-from caddy.request_policy import RequestFailed, RequestPolicy, decisive
+from caddy.request_policy import RequestFailed, RequestPolicy, answer_body, decisive, leader_of
 from caddy.wire import Codec, Envelope
 
 __all__ = [
@@ -78,12 +78,7 @@ class Client:
 
     def leader(self) -> str | None:
         """The id of the node that leads in the highest term any node reports, if any."""
-        leaders = [
-            (status.get("term", 0), node_id)
-            for node_id, status in self.statuses().items()
-            if status is not None and status.get("state") == "leader"
-        ]
-        return max(leaders)[1] if leaders else None
+        return leader_of(self.statuses())
 
     def _write(self, kind: str, body: dict[str, Any]) -> Any:
         self._seq += 1  # a retry of this write reuses the number: the cluster applies it once
@@ -199,7 +194,7 @@ class Client:
                 if envelope is None or envelope.request_id != pending.get(node_id):
                     continue  # garbage or a late answer to an earlier request
                 del pending[node_id]
-                answers[node_id] = envelope if raw else _unwrap(envelope)
+                answers[node_id] = envelope if raw else answer_body(envelope)
             if until is not None and until(answers):
                 break
         return answers
@@ -244,9 +239,3 @@ def check_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"keys are str, got {type(key).__name__}")
     return key
-
-
-def _unwrap(envelope: Envelope) -> dict[str, Any]:
-    if envelope.kind == "client.error":
-        raise RequestFailed(str(envelope.body.get("error", "unknown error")))
-    return envelope.body

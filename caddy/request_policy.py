@@ -1,6 +1,6 @@
 """How a client sees a request through, without I/O: whom to ask, what answers mean, when to stop.
 
-Shared by the blocking `Client` and the asyncio `AsyncClient`, so that both retry alike.
+Shared by the blocking `Client` and the asyncio `AsyncClient`, so that both behave alike.
 """
 
 from __future__ import annotations
@@ -84,3 +84,20 @@ def retryable(answer: Envelope) -> bool:
 def decisive(answers: dict[str, Envelope | None]) -> bool:
     """Whether an answer settles the request: a success or a definite failure."""
     return any(a is not None and (a.kind == "kv.ok" or not retryable(a)) for a in answers.values())
+
+
+def answer_body(envelope: Envelope) -> dict[str, Any]:
+    """The body of a `client.*` answer; RequestFailed when the node refused the request."""
+    if envelope.kind == "client.error":
+        raise RequestFailed(str(envelope.body.get("error", "unknown error")))
+    return envelope.body
+
+
+def leader_of(statuses: dict[str, dict[str, Any] | None]) -> str | None:
+    """The node that leads in the highest term any answering node reports, if any."""
+    leaders = [
+        (status.get("term", 0), node_id)
+        for node_id, status in statuses.items()
+        if status is not None and status.get("state") == "leader"
+    ]
+    return max(leaders)[1] if leaders else None

@@ -8,6 +8,7 @@ import pytest
 
 from caddy.async_client import AsyncClient
 from caddy.client import Client
+from caddy.config import ConfigError
 from caddy.errors import CaddyError, WireError
 from tests.harness import started_cluster, wait_until
 
@@ -36,6 +37,15 @@ def test_concurrent_operations_from_one_async_client(cluster):
                 await client.put("bad", {1, 2})  # a set is no msgpack value
             with pytest.raises(TypeError):
                 await client.put(7, "not a str key")
+            leader = await client.leader()
+            statuses = await client.statuses()
+            assert set(statuses) == set(NODES) and all(statuses.values())
+            assert statuses[leader]["state"] == "leader"
+            assert (await client.status(leader))["followers"].keys() == set(NODES) - {leader}
+            with pytest.raises(ConfigError):
+                await client.status("n9")
+        with Client(cluster.topology, timeout=20) as sync_client:
+            assert sync_client.leader() == leader
 
     asyncio.run(scenario())
 

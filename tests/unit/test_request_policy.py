@@ -8,6 +8,8 @@ from caddy.request_policy import (
     NO_LEADER_BACKOFF_S,
     RequestFailed,
     RequestPolicy,
+    answer_body,
+    leader_of,
 )
 from caddy.wire import Envelope
 
@@ -68,3 +70,19 @@ def test_the_deadline_ends_the_course_with_the_right_error():
     heard.settle(["n1"], {"n1": answer("kv.redirect", leader=None)})
     assert heard.attempt(1.5) is None
     assert isinstance(heard.failure(), Timeout)
+
+
+def test_the_leader_is_the_one_of_the_highest_term_any_node_reports():
+    statuses = {
+        "n1": {"state": "leader", "term": 3},  # a deposed leader that has not heard yet
+        "n2": {"state": "leader", "term": 4},
+        "n3": None,
+    }
+    assert leader_of(statuses) == "n2"
+    assert leader_of({"n1": {"state": "follower", "term": 4}, "n2": None}) is None
+
+
+def test_a_refused_client_request_raises_and_an_answer_gives_its_body():
+    assert answer_body(answer("client.status.ok", term=2)) == {"term": 2}
+    with pytest.raises(RequestFailed, match="unknown-request"):
+        answer_body(answer("client.error", error="unknown-request"))
