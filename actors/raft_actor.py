@@ -22,7 +22,7 @@ from caddy.errors import NotLeader, WireError
 from caddy.raft.codec import from_wire, to_wire
 from caddy.raft.errors import RequestRejected
 from caddy.raft.membership import MemberRole
-from caddy.raft.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
+from caddy.raft.messages import Message
 from caddy.raft.node import RaftNode
 from caddy.raft.ready import SEND_BEFORE_PERSIST, Ready, StateRole
 from caddy.raft.types import EntryKind
@@ -234,14 +234,10 @@ class RaftActor(pykka.ThreadingActor):
         self._publish_status()
 
     def _send(self, to: str, message: Message) -> None:
-        """Send; a message the transport had to drop tells the core that `to` is unreachable,
-        so that it probes instead of filling the window with appends nobody receives."""
-        if self._transport.send(to, message.kind, to_wire(message)):
-            return
-        if isinstance(message, InstallSnapshot):
-            self.core.report_snapshot_failed(to)
-        elif isinstance(message, AppendEntries | Heartbeat):
-            self.core.report_unreachable(to)
+        """Send; the core hears of a message the transport had to drop (it then probes `to`
+        instead of filling the window with appends nobody receives)."""
+        if not self._transport.send(to, message.kind, to_wire(message)):
+            self.core.report_undelivered(to, message)
 
     def _persist(self, ready: Ready) -> None:
         storage = self._storage

@@ -355,6 +355,13 @@ class RaftNode:
                 self._send_snapshot_chunk(peer, progress)
         return meta
 
+    def report_undelivered(self, peer: str, message: Message) -> None:
+        """The transport dropped `message` to `peer` (not connected, or not keeping up)."""
+        if isinstance(message, InstallSnapshot):
+            self.report_snapshot_failed(peer)
+        elif isinstance(message, AppendEntries | Heartbeat):
+            self.report_unreachable(peer)
+
     def report_unreachable(self, peer: str) -> None:
         """The transport could not deliver to `peer`: stop pipelining to it until it answers."""
         progress = self._progress.get(peer)

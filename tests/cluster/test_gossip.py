@@ -26,13 +26,17 @@ def all_see(client, member, state, among):
     return all(node in current and current[node].get(member) == state for node in among)
 
 
+def wait_everyone_alive(client):
+    wait_until(
+        lambda: all(all_see(client, m, "alive", set(NODES) - {m}) for m in NODES),
+        30,
+        "everyone alive in every view",
+    )
+
+
 def test_killed_node_is_dead_everywhere_and_rejoins_alive_after_restart(cluster):
     with Client(cluster.topology, timeout=2) as client:
-        wait_until(
-            lambda: all(all_see(client, m, "alive", set(NODES) - {m}) for m in NODES),
-            30,
-            "everyone alive in every view",
-        )
+        wait_everyone_alive(client)
         cluster.kill("n3")
         survivors = set(NODES) - {"n3"}
         wait_until(lambda: all_see(client, "n3", "dead", survivors), 30, "n3 dead everywhere")
@@ -52,11 +56,7 @@ def ctl_states(cluster):
 
 def test_a_pause_shorter_than_the_suspicion_timeout_is_no_death(cluster):
     with Client(cluster.topology, timeout=2) as client:
-        wait_until(
-            lambda: all(all_see(client, m, "alive", set(NODES) - {m}) for m in NODES),
-            30,
-            "everyone alive in every view",
-        )
+        wait_everyone_alive(client)
         seen_states: set[str] = set()
         stop = threading.Event()
 

@@ -337,6 +337,8 @@ def test_the_leader_reports_each_followers_match_and_state_and_a_follower_report
         "b": {"match": leader.last_index, "state": "replicate"},
         "c": {"match": leader.last_index, "state": "replicate"},
     }
+    leader.report_undelivered("b", Heartbeat(leader.term, "a", 0, 0))
     leader.report_unreachable("c")
+    assert leader.follower_progress()["b"]["state"] == "probe"
     assert leader.follower_progress()["c"]["state"] == "probe"
     assert cluster.nodes["b"].follower_progress() == {}
