@@ -31,6 +31,7 @@ from caddy.replication.requests import (
     RequestError,
     parse_request,
     result_reply,
+    writes_entry,
 )
 from caddy.replication.sessions import SessionStateMachine
 from caddy.replication.state_machine import StateMachine, ok_result
@@ -40,13 +41,17 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_READY = 512
 EXPIRY_CHECK_TICKS = 10
+# Writes proposed together share a log entry up to this size; a larger write gets its own.
+MAX_ENTRY_BYTES = 256 * 1024
 
 
 @dataclass(slots=True)
-class _PendingWrite:
-    route: ClientRoute
+class _PendingEntry:
+    """The clients waiting for one proposed entry, in the order of its writes."""
+
+    routes: list[ClientRoute]
     term: int
-    deadline: float  # monotonic; past it the client is told the outcome is unknown
+    deadline: float  # monotonic; past it the clients are told the outcome is unknown
 
 
 @dataclass(slots=True)
@@ -97,7 +102,7 @@ class RaftActor(pykka.ThreadingActor):
             lease_reads=raft.lease_reads,
             snapshot_chunk_bytes=config.replication.snapshot_chunk_bytes,
         )
-        self._writes: dict[int, _PendingWrite] = {}
+        self._writes: dict[int, _PendingEntry] = {}  # by log index
         self._proposals: list[tuple[ClientRoute, ClientRequest]] = []  # not yet proposed
         self._reads: list[_PendingRead] = []  # waiting for a read index round to start
         self._reads_in_flight: dict[bytes, list[_PendingRead]] = {}
@@ -186,21 +191,25 @@ class RaftActor(pykka.ThreadingActor):
             self._proposals.append((route, request))
 
     def _propose_batch(self) -> None:
-        """Every write that arrived since the last batch becomes one append (one round trip)."""
+        """Every write that arrived since the last batch goes into one append (one round trip),
+        as few log entries as `MAX_ENTRY_BYTES` allows."""
         if not self._proposals:
             return
         batch, self._proposals = self._proposals, []
+        groups = _entry_groups(batch)
         log_time_ms = int(time.time() * 1000)
+        entries = [writes_entry([r for _, r in group], log_time_ms) for group in groups]
         try:
-            first, term = self.core.propose_many([r.command(log_time_ms) for _, r in batch])
+            first, term = self.core.propose_many(entries)
         except (NotLeader, RequestRejected) as error:
             leader = error.leader_hint if isinstance(error, NotLeader) else None
-            for route, _ in batch:
-                self._transport.reply(route, "kv.redirect", {"leader": leader})
+            self._transport.reply_many(
+                [(route, "kv.redirect", {"leader": leader}) for route, _ in batch]
+            )
             return
         deadline = time.monotonic() + self._request_timeout_s
-        for index, (route, _) in enumerate(batch, first):
-            self._writes[index] = _PendingWrite(route, term, deadline)
+        for index, group in enumerate(groups, first):
+            self._writes[index] = _PendingEntry([route for route, _ in group], term, deadline)
 
     # ----- the Ready loop ---------------------------------------------------------------------
 
@@ -253,19 +262,25 @@ class RaftActor(pykka.ThreadingActor):
             storage.sync()
 
     def _apply(self, ready: Ready) -> None:
-        replies = []
+        replies: list[tuple[ClientRoute, str, dict[str, Any]]] = []
         for entry in ready.committed_entries:
-            result: Any = None
+            results: list[Any] = []
             if entry.kind is EntryKind.COMMAND:
-                result = self._state_machine.apply(entry.data)
+                results = self._state_machine.apply_batch(entry.data)
             pending = self._writes.pop(entry.index, None)
             if pending is None:
                 continue
-            if pending.term == entry.term:
-                replies.append((pending.route, *result_reply(result)))
-            else:  # another leader's entry took this index: ours was never committed
-                replies.append(
-                    (pending.route, "kv.error", {"error": "leadership changed", "retry": True})
+            if pending.term != entry.term:  # another leader's entry took this index
+                error = {"error": "leadership changed", "retry": True}
+                replies.extend((route, "kv.error", error) for route in pending.routes)
+            elif len(results) != len(pending.routes):  # not the entry proposed: never expected
+                log.error("node %s: entry %d does not match its writes", self._node_id, entry.index)
+                error = {"error": "entry does not match its writes", "retry": False}
+                replies.extend((route, "kv.error", error) for route in pending.routes)
+            else:
+                replies.extend(
+                    (route, *result_reply(result))
+                    for route, result in zip(pending.routes, results, strict=True)
                 )
         if replies:
             self._transport.reply_many(replies)
@@ -286,17 +301,17 @@ class RaftActor(pykka.ThreadingActor):
     def _expire_writes(self) -> None:
         """Writes not committed within the request timeout: the client may retry them."""
         now = time.monotonic()
-        expired = [index for index, write in self._writes.items() if write.deadline < now]
+        expired = [index for index, pending in self._writes.items() if pending.deadline < now]
+        error = {"error": "request timeout", "retry": True}
         for index in expired:
-            write = self._writes.pop(index)
-            self._transport.reply(
-                write.route, "kv.error", {"error": "request timeout", "retry": True}
-            )
+            pending = self._writes.pop(index)
+            self._transport.reply_many([(route, "kv.error", error) for route in pending.routes])
 
     def _fail_pending(self, reason: str) -> None:
         """Answer every waiting client: the outcome of a write is unknown, so they retry."""
         for pending in self._writes.values():
-            self._transport.reply(pending.route, "kv.error", {"error": reason, "retry": True})
+            for route in pending.routes:
+                self._transport.reply(route, "kv.error", {"error": reason, "retry": True})
         self._writes.clear()
         for route, _ in self._proposals:
             self._transport.reply(route, "kv.error", {"error": reason, "retry": True})
@@ -360,7 +375,7 @@ class RaftActor(pykka.ThreadingActor):
             applied_index=core.applied_index,
             last_log_index=core.last_index,
             snapshot_index=core.log.snapshot.index,
-            pending_writes=len(self._writes),
+            pending_writes=sum(len(pending.routes) for pending in self._writes.values()),
             followers=core.follower_progress(),
         )
 
@@ -383,3 +398,18 @@ def _state_name(core: RaftNode) -> str:
     if core.state is StateRole.PRE_CANDIDATE:
         return "candidate"
     return core.state.value
+
+
+def _entry_groups(
+    batch: list[tuple[ClientRoute, ClientRequest]],
+) -> list[list[tuple[ClientRoute, ClientRequest]]]:
+    """Consecutive writes, cut into groups of about `MAX_ENTRY_BYTES` (one entry each)."""
+    groups: list[list[tuple[ClientRoute, ClientRequest]]] = [[]]
+    size = 0
+    for item in batch:
+        if groups[-1] and size + item[1].size > MAX_ENTRY_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item[1].size
+    return groups

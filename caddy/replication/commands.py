@@ -6,6 +6,7 @@ Encoders check what callers hand them; decoders treat the log as untrusted and r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -13,6 +14,7 @@ from caddy.errors import CaddyError
 from caddy.replication.packing import pack, unpack
 
 ENVELOPE_VERSION = 1
+BATCH_VERSION = 2
 MAX_CLIENT_ID_LENGTH = 128
 
 
@@ -56,6 +58,44 @@ def decode_command(data: bytes) -> Command:
     if type(version) is not int or version != ENVELOPE_VERSION:
         raise CommandError("envelope: unknown version")
     check_command(client_id, seq, ack_below, log_time_ms, payload)
+    return Command(client_id, seq, ack_below, log_time_ms, payload)
+
+
+def encode_batch(log_time_ms: int, commands: Sequence[tuple[str, int, int, bytes]]) -> bytes:
+    """The log entry data for writes proposed together, as (client_id, seq, ack_below, payload).
+
+    One entry per batch rather than per write: every replica then stores, sends and decodes one
+    entry for many writes. Raises CommandError for invalid fields.
+    """
+    for client_id, seq, ack_below, payload in commands:
+        check_command(client_id, seq, ack_below, log_time_ms, payload)
+    return _pack_checked([BATCH_VERSION, log_time_ms, [list(command) for command in commands]])
+
+
+def decode_batch(data: bytes) -> tuple[int, list[Command | CommandError]]:
+    """Parse a batch entry: its log time and one Command per write, or the CommandError of a
+    malformed write in its place (the others stand). A malformed batch raises CommandError."""
+    fields = unpack(data, CommandError)
+    if type(fields) is not list or len(fields) != 3:
+        raise CommandError("batch: expected [version, log_time_ms, commands]")
+    version, log_time_ms, items = fields
+    if type(version) is not int or version != BATCH_VERSION:
+        raise CommandError("batch: unknown version")
+    if type(log_time_ms) is not int or log_time_ms < 0:
+        raise CommandError("log_time_ms: expected a non-negative integer")
+    if type(items) is not list:
+        raise CommandError("batch: expected a list of commands")
+    return log_time_ms, [_batch_item(item, log_time_ms) for item in items]
+
+
+def _batch_item(item: Any, log_time_ms: int) -> Command | CommandError:
+    if type(item) is not list or len(item) != 4:
+        return CommandError("batch: expected [client_id, seq, ack_below, payload]")
+    client_id, seq, ack_below, payload = item
+    try:
+        check_command(client_id, seq, ack_below, log_time_ms, payload)
+    except CommandError as error:
+        return error
     return Command(client_id, seq, ack_below, log_time_ms, payload)
 
 

@@ -5,11 +5,12 @@ Pure translation, so that the RaftActor holds no service logic; every field is c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from caddy.errors import CaddyError, WireError
-from caddy.replication.commands import CommandError, check_command, encode_command, encode_kv
+from caddy.replication.commands import CommandError, check_command, encode_batch, encode_kv
 from caddy.wire import require_fields
 
 READ_KIND = "kv.get"
@@ -40,9 +41,15 @@ class ClientRequest:
     def is_read(self) -> bool:
         return self.op == "get"
 
-    def command(self, log_time_ms: int) -> bytes:
-        """The log entry for this write, stamped with the leader's clock."""
-        return encode_command(self.client_id, self.seq, log_time_ms, self.payload, self.ack_below)
+    @property
+    def size(self) -> int:
+        """About what this write adds to a log entry, in bytes."""
+        return len(self.payload) + len(self.client_id) + 16
+
+
+def writes_entry(writes: Sequence[ClientRequest], log_time_ms: int) -> bytes:
+    """The log entry for writes proposed together, stamped with the leader's clock."""
+    return encode_batch(log_time_ms, [(w.client_id, w.seq, w.ack_below, w.payload) for w in writes])
 
 
 def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from caddy.replication.commands import CommandError, decode_command
+from caddy.replication.commands import Command, CommandError, decode_batch, decode_command
 from caddy.replication.packing import pack, unpack
 from caddy.replication.state_machine import (
     ErrorCode,
@@ -43,7 +43,8 @@ class Session:
 class SessionStateMachine(StateMachine):
     """Applies each (client_id, seq) at most once and answers retries from a result cache.
 
-    Commands are envelopes from `encode_command`; the payload goes to `inner`. The client side of
+    Commands are envelopes from `encode_command` (`apply`) or batches of them from `encode_batch`
+    (`apply_batch`); each payload goes to `inner`. The client side of
     the bargain: seq counts writes from 1; `ack_below` is the lowest seq whose answer it has not
     received yet; at most `max_results_per_session` writes are in flight at once; on
     `session_expired` it continues under a new client id (a retried write's outcome is then
@@ -103,9 +104,30 @@ class SessionStateMachine(StateMachine):
             envelope = decode_command(command)
         except CommandError as error:
             return error_result(ErrorCode.MALFORMED, str(error))
-        if envelope.log_time_ms > self._log_time_ms:
-            self._log_time_ms = envelope.log_time_ms
+        self._advance_clock(envelope.log_time_ms)
+        return self._apply_command(envelope)
+
+    def apply_batch(self, data: bytes) -> list[Any]:
+        """Apply a batch entry (`encode_batch`): one result per write, in order. A malformed
+        write gets a `malformed` result; a malformed batch applies nothing and returns []."""
+        try:
+            log_time_ms, commands = decode_batch(data)
+        except CommandError:
+            return []
+        self._advance_clock(log_time_ms)
+        return [
+            self._apply_command(command)
+            if isinstance(command, Command)
+            else error_result(ErrorCode.MALFORMED, str(command))
+            for command in commands
+        ]
+
+    def _advance_clock(self, log_time_ms: int) -> None:
+        if log_time_ms > self._log_time_ms:
+            self._log_time_ms = log_time_ms
             self._expire_idle_sessions()
+
+    def _apply_command(self, envelope: Command) -> Any:
         client_id = envelope.client_id
         if not client_id:
             return self._apply_inner(envelope.payload)

@@ -11,8 +11,10 @@ from caddy.replication import (
     CommandError,
     KvCommand,
     KvOp,
+    decode_batch,
     decode_command,
     decode_kv,
+    encode_batch,
     encode_command,
     encode_kv,
 )
@@ -143,5 +145,53 @@ def test_decode_kv_rejects_malformed_payloads(fields):
 def test_decode_kv_raises_only_command_error(data):
     try:
         decode_kv(data)
+    except CommandError:
+        pass
+
+
+def test_a_batch_round_trips_in_order_with_the_batch_log_time():
+    commands = [("a", 1, 0, b"p1"), ("b", 7, 5, b"p2"), ("", 0, 0, b"p3")]
+    log_time_ms, decoded = decode_batch(encode_batch(42, commands))
+    assert log_time_ms == 42
+    assert decoded == [Command(c, s, a, 42, p) for c, s, a, p in commands]
+
+
+def test_encode_batch_checks_every_write():
+    with pytest.raises(CommandError):
+        encode_batch(1, [("a", 1, 0, b""), ("b", 0, 0, b"")])  # seq 0 in a session
+    with pytest.raises(CommandError):
+        encode_batch(-1, [("a", 1, 0, b"")])
+
+
+def test_a_malformed_write_in_a_batch_stands_in_place_and_the_others_decode():
+    data = msgpack.packb([2, 9, [["a", 1, 0, b"x"], ["b", 0, 0, b"y"], "junk", ["c", 2, 1, b"z"]]])
+    log_time_ms, decoded = decode_batch(data)
+    assert log_time_ms == 9
+    assert decoded[0] == Command("a", 1, 0, 9, b"x")
+    assert isinstance(decoded[1], CommandError) and isinstance(decoded[2], CommandError)
+    assert decoded[3] == Command("c", 2, 1, 9, b"z")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [2, 9],
+        [1, 9, []],  # a single-command envelope's version
+        [2, -1, []],
+        [2, True, []],
+        [2, 9, {"a": 1}],
+        {"version": 2},
+    ],
+)
+def test_decode_batch_rejects_malformed_batches(fields):
+    with pytest.raises(CommandError):
+        decode_batch(msgpack.packb(fields))
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=48))
+def test_decode_batch_raises_only_command_error(data):
+    try:
+        decode_batch(data)
     except CommandError:
         pass

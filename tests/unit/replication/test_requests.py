@@ -2,8 +2,8 @@
 
 import pytest
 
-from caddy.replication.commands import decode_command, decode_kv
-from caddy.replication.requests import RequestError, parse_request, result_reply
+from caddy.replication.commands import decode_batch, decode_kv
+from caddy.replication.requests import RequestError, parse_request, result_reply, writes_entry
 from caddy.replication.state_machine import ErrorCode, error_result, ok_result
 
 SESSION = {"client": "c1", "seq": 3, "ack": 2}
@@ -12,7 +12,8 @@ SESSION = {"client": "c1", "seq": 3, "ack": 2}
 def test_a_put_becomes_a_session_command_stamped_with_the_log_time():
     request = parse_request("kv.put", {"key": "k", "value": [1, "x"], **SESSION})
     assert not request.is_read
-    command = decode_command(request.command(log_time_ms=1234))
+    log_time_ms, (command,) = decode_batch(writes_entry([request], log_time_ms=1234))
+    assert log_time_ms == 1234
     assert (command.client_id, command.seq, command.ack_below, command.log_time_ms) == (
         "c1",
         3,

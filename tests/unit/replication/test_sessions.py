@@ -10,6 +10,7 @@ from caddy.replication import (
     KeyValueStore,
     SessionStateMachine,
     SnapshotError,
+    encode_batch,
     encode_command,
     encode_kv,
 )
@@ -209,6 +210,43 @@ def test_an_invalid_kv_payload_inside_a_session_is_cached_like_any_result():
     bad = write("c", 1, msgpack.packb(["get", "k", None, None]))
     first = machine.apply(bad)
     assert first["error"] == "invalid" and machine.apply(bad) is first
+
+
+def test_a_batch_applies_each_write_once_in_order_and_retries_hit_the_cache():
+    machine = SessionStateMachine(RecordingMachine())
+    first = machine.apply_batch(encode_batch(5, [("a", 1, 0, b"x"), ("b", 1, 0, b"y")]))
+    assert first == [1, 2]
+    # a retried write (a, 1) rides in a later batch beside a new one: cached, not re-applied
+    again = machine.apply_batch(encode_batch(6, [("a", 1, 0, b"x"), ("a", 2, 1, b"z")]))
+    assert again == [1, 3]
+    assert machine.inner.applied == [b"x", b"y", b"z"]
+    assert machine.log_time_ms == 6
+    assert machine.apply(write("a", 2, b"z", time=6, ack=1)) == 3  # and single commands agree
+
+
+def test_a_malformed_write_in_a_batch_is_malformed_and_the_others_apply():
+    machine = SessionStateMachine(RecordingMachine())
+    data = msgpack.packb([2, 3, [["a", 1, 0, b"x"], ["b", 0, 0, b"y"], ["c", 1, 0, b"z"]]])
+    results = machine.apply_batch(data)
+    assert results[0] == 1 and results[2] == 2
+    assert results[1]["error"] == "malformed"
+    assert machine.inner.applied == [b"x", b"z"]
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1", msgpack.packb([2, 3]), msgpack.packb([1, 3, []])])
+def test_a_malformed_batch_applies_nothing(data):
+    machine = SessionStateMachine(RecordingMachine())
+    machine.apply(write("a", 1, b"x", time=7))
+    before = machine.snapshot()
+    assert machine.apply_batch(data) == []
+    assert machine.snapshot() == before
+
+
+def test_a_batch_advances_log_time_and_expires_idle_sessions():
+    machine = SessionStateMachine(RecordingMachine(), session_ttl_ms=100)
+    machine.apply_batch(encode_batch(10, [("old", 1, 0, b"x")]))
+    machine.apply_batch(encode_batch(200, [("new", 1, 0, b"y")]))
+    assert machine.session("old") is None and machine.session("new") is not None
 
 
 def test_a_raising_inner_machine_gives_apply_failed_once_and_the_applier_goes_on():
