@@ -1,9 +1,10 @@
 """The node's ZeroMQ I/O: one thread reads the peer and client ROUTERs and owns their sockets.
 
 Inbound frames are decoded, checked and handed to the handler registered for their kind's prefix
-(normally an actor's `tell`). Outbound frames leave from whichever thread sends them, under a
-lock per socket (peer DEALERs are send-only; the client ROUTER's lock is shared with the reader),
-which saves a thread wake-up per message on the replication and reply paths.
+(normally an actor's `tell`); a client's batch frame is handed on as the requests it carries.
+Outbound frames leave from whichever thread sends them, under a lock per socket (peer DEALERs are
+send-only; the client ROUTER's lock is shared with the reader), which saves a thread wake-up per
+message on the replication and reply paths.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from zmq.utils.monitor import parse_monitor_message
 
 from caddy.config import ClusterConfig
 from caddy.errors import WireError
-from caddy.wire import Codec, Envelope, decode_envelope
+from caddy.wire import (
+    BATCH_KIND,
+    MAX_BATCH_ITEMS,
+    REPLIES_KIND,
+    Codec,
+    Envelope,
+    decode_envelope,
+    unpack_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +62,12 @@ _HANDSHAKE_FAILED = (
 
 @dataclass(frozen=True, slots=True)
 class ClientRoute:
-    """Where a client request came from, so that its response can be routed back."""
+    """Where a client request came from, so that its response can be routed back. Answers to
+    requests that came in a batch frame go back together in `REPLIES_KIND` frames."""
 
     identity: bytes
     request_id: int
+    batched: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,29 +238,39 @@ class Transport:
         self.reply_many([(route, kind, body)])
 
     def reply_many(self, replies: Iterable[tuple[ClientRoute, str, Mapping[str, Any]]]) -> None:
-        """Answer client requests from the calling thread, in order; never blocks. Undeliverable
-        and unencodable replies are counted as drops."""
-        frames = []
+        """Answer client requests from the calling thread; never blocks. Undeliverable and
+        unencodable replies are counted as drops.
+
+        Answers to a client's batched requests leave together, in order, in `REPLIES_KIND` frames
+        of up to MAX_BATCH_ITEMS, after the others, which leave one frame each, in order."""
+        frames: list[tuple[bytes, bytes, int]] = []  # (identity, frame, replies it carries)
+        batches: dict[bytes, list[list[Any]]] = {}
         for route, kind, body in replies:
-            try:
-                frames.append((route.identity, self.codec.encode(kind, body, route.request_id)))
-            except WireError as error:
-                log.error("node %s: cannot encode reply %s: %s", self.node_id, kind, error)
-                self._count_drop("reply-unencodable")
+            if route.batched:
+                item = [route.request_id, kind, body]
+                if (items := batches.get(route.identity)) is None:
+                    batches[route.identity] = [item]
+                else:
+                    items.append(item)
+            else:
+                self._encode_reply(frames, route.identity, kind, body, route.request_id)
+        for identity, items in batches.items():
+            for start in range(0, len(items), MAX_BATCH_ITEMS):
+                self._encode_replies(frames, identity, items[start : start + MAX_BATCH_ITEMS])
         if not frames:
             return
         undeliverable = 0
         on_io_thread = threading.get_ident() == self._io_thread_id
         with self._client_lock:
             if not self._client_open:  # not started yet, or stopped
-                undeliverable, input_waiting = len(frames), False
+                undeliverable, input_waiting = sum(count for _, _, count in frames), False
             else:
                 router = self._client_router
-                for frame in frames:
+                for identity, frame, count in frames:
                     try:
-                        router.send_multipart(frame, _NOBLOCK)
+                        router.send_multipart((identity, frame), _NOBLOCK)
                     except zmq.ZMQError:  # client gone (EHOSTUNREACH) or not reading (EAGAIN)
-                        undeliverable += 1
+                        undeliverable += count
                 # A send may consume the ZMQ_FD signal of a request that arrived meanwhile:
                 # the sleeping I/O thread must then be told to look (it drains before sleeping).
                 input_waiting = on_io_thread or bool(router.get(_EVENTS) & _POLLIN)
@@ -259,6 +280,32 @@ class Transport:
             self._client_sent = True
             if not on_io_thread:
                 self._wake()
+
+    def _encode_replies(
+        self, frames: list[tuple[bytes, bytes, int]], identity: bytes, items: list[list[Any]]
+    ) -> None:
+        if len(items) > 1:
+            try:
+                frames.append((identity, self.codec.encode_batch(REPLIES_KIND, items), len(items)))
+                return
+            except WireError:  # too large together, or one cannot be encoded: one frame each
+                pass
+        for request_id, kind, body in items:
+            self._encode_reply(frames, identity, kind, body, request_id)
+
+    def _encode_reply(
+        self,
+        frames: list[tuple[bytes, bytes, int]],
+        identity: bytes,
+        kind: str,
+        body: Mapping[str, Any],
+        request_id: int,
+    ) -> None:
+        try:
+            frames.append((identity, self.codec.encode(kind, body, request_id), 1))
+        except WireError as error:
+            log.error("node %s: cannot encode reply %s: %s", self.node_id, kind, error)
+            self._count_drop("reply-unencodable")
 
     def peer_stats(self) -> dict[str, PeerStats]:
         now = time.monotonic()
@@ -513,7 +560,10 @@ class Transport:
             self._count_drop("foreign-cluster")
             return
         if from_client:
-            self._dispatch(Inbound(envelope, ClientRoute(identity, envelope.request_id)))
+            if envelope.kind == BATCH_KIND:
+                self._dispatch_batch(identity, envelope)
+            else:
+                self._dispatch(Inbound(envelope, ClientRoute(identity, envelope.request_id)))
             return
         peer = self._peers.get(envelope.sender)
         if peer is None:
@@ -525,6 +575,16 @@ class Transport:
         stats.bytes_in += len(frame)
         if envelope.kind != HEARTBEAT_KIND:
             self._dispatch(Inbound(envelope))
+
+    def _dispatch_batch(self, identity: bytes, batch: Envelope) -> None:
+        """Each well-formed request of a client's batch frame, as if it had come alone."""
+        requests, dropped = unpack_batch(batch)
+        for reason, count in dropped.items():
+            self._count_drop(reason, count)
+        for request in requests:
+            self._dispatch(
+                Inbound(request, ClientRoute(identity, request.request_id, batched=True))
+            )
 
     def _dispatch(self, inbound: Inbound) -> None:
         kind = inbound.envelope.kind

@@ -2,18 +2,22 @@
 
 The operations, errors and retry policy of `caddy.client.Client`, as coroutines. Every write
 still carries the client's session id and a sequence number of its own, so writes in flight
-together, and their retries after a failover, are each applied at most once.
+together, and their retries after a failover, are each applied at most once. Requests issued to
+a node during one turn of the event loop travel in one frame, and their answers come back
+together (`caddy.wire.BATCH_KIND`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import heapq
 import itertools
 import logging
+import math
 import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -22,12 +26,95 @@ from caddy.client import check_key, client_codec, socket_options, topology_of
 from caddy.config import ClusterConfig
 from caddy.errors import Unavailable, WireError
 from caddy.replication.sessions import MAX_RESULTS_PER_SESSION
-from caddy.request_policy import RequestPolicy, answer_body, decisive, leader_of
-from caddy.wire import Envelope
+from caddy.request_policy import (
+    ATTEMPT_TIMEOUT_S,
+    RequestPolicy,
+    answer_body,
+    decisive,
+    leader_of,
+)
+from caddy.wire import BATCH_KIND, MAX_BATCH_ITEMS, REPLIES_KIND, Envelope, unpack_batch
 
 __all__ = ["AsyncClient"]
 
 log = logging.getLogger(__name__)
+
+EXPIRY_SLOT_S = 0.005  # see _Expiries
+
+Answers = dict[str, Envelope | None]
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One attempt of a request, sent to one or more nodes: their answers so far, and the future
+    its caller waits on until `until` holds or every node it reached answered."""
+
+    future: asyncio.Future[None]
+    answers: Answers
+    until: Callable[[Answers], bool]
+    outstanding: int  # nodes that may still answer
+
+    def take(self, node_id: str, answer: Envelope | None) -> None:
+        """`node_id`'s answer; None when the request could not be sent to it."""
+        self.outstanding -= 1
+        if answer is not None:
+            self.answers[node_id] = answer
+        if not self.outstanding or (answer is not None and self.until(self.answers)):
+            self.settle()
+
+    def settle(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def fail(self, error: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+@dataclass(slots=True)
+class _Expiries:
+    """Settles attempts whose time ran out, on one timer rather than one each (a timer per
+    request is a heap entry, a handle and a cancel). Attempts are kept in slots of
+    EXPIRY_SLOT_S: each ends up to half a slot early or a slot late."""
+
+    due: dict[int, list[_Attempt]] = field(default_factory=dict)  # by slot: ceil(time / SLOT)
+    slots: list[int] = field(default_factory=list)  # a heap of the keys of `due`
+    timer: asyncio.TimerHandle | None = None
+    timer_slot: int = 0
+
+    def add(self, when: float, attempt: _Attempt) -> None:
+        """Settle `attempt` at about `when` (on the running loop's clock) if it still waits."""
+        slot = math.ceil(when / EXPIRY_SLOT_S)
+        if (due := self.due.get(slot)) is not None:
+            due.append(attempt)
+            return
+        self.due[slot] = [attempt]
+        heapq.heappush(self.slots, slot)
+        if self.timer is None or slot < self.timer_slot:
+            self._arm(slot)
+
+    def clear(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.due.clear()
+        self.slots.clear()
+
+    def _arm(self, slot: int) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_slot = slot
+        self.timer = asyncio.get_running_loop().call_at(slot * EXPIRY_SLOT_S, self._run)
+
+    def _run(self) -> None:
+        self.timer = None
+        slots = self.slots
+        current = asyncio.get_running_loop().time() / EXPIRY_SLOT_S + 0.5
+        while slots and slots[0] <= current:
+            for attempt in self.due.pop(heapq.heappop(slots)):
+                attempt.settle()  # answered ones are settled already
+        if slots:
+            self._arm(slots[0])
 
 
 class AsyncClient:
@@ -55,15 +142,19 @@ class AsyncClient:
         self._readable: dict[str, asyncio.Event] = {}  # set: the node's socket may have input
         self._sent_unchecked: set[str] = set()  # nodes sent to since their last input check
         self._readers: list[asyncio.Task[None]] = []
-        self._waiting: dict[int, Callable[[Envelope], None]] = {}  # by request id
+        # By request id: the attempt waiting for its answer, and the node it was sent to. Every
+        # attempt not yet settled has a request here.
+        self._waiting: dict[int, tuple[_Attempt, str]] = {}
+        self._outgoing: dict[str, list[list[Any]]] = {}  # [request id, kind, body] by node
+        self._expiries = _Expiries()
         self._request_ids = itertools.count(1)
         self._node_ids = [node.id for node in self.config.nodes if node.role != "witness"]
         self._leader: str | None = None
         self._seq = 0
         self._unanswered: set[int] = set()  # seqs of writes in flight
+        self._oldest_unanswered = 1  # the lowest of them; the next seq when there are none
         self._max_in_flight = max_in_flight
         self._window_waiters: list[asyncio.Future[None]] = []
-        self._asking: set[asyncio.Future[None]] = set()  # one per attempt under way
         self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
@@ -75,8 +166,9 @@ class AsyncClient:
     async def close(self) -> None:
         """Stop: requests still running end with Unavailable, nothing is reopened."""
         self._closed = True
-        for settled in self._asking:
-            _settle(settled)
+        for attempt, _ in list(self._waiting.values()):
+            attempt.settle()
+        self._expiries.clear()
         for reader in self._readers:
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
@@ -112,57 +204,84 @@ class AsyncClient:
     async def status(self, node_id: str) -> dict[str, Any]:
         """The status document of one node; Unavailable when it does not answer in time."""
         self.config.node(node_id)  # a ConfigError naming an unknown node
-        answer = (await self._ask([node_id], "client.status", {}, self.timeout, _everyone))[node_id]
+        answer = (await self._ask_alone([node_id], "client.status"))[node_id]
         if answer is None:
             raise Unavailable(f"node {node_id} did not answer within {self.timeout:g} s")
         return answer_body(answer)
 
     async def statuses(self) -> dict[str, dict[str, Any] | None]:
         """Every node's status, asked in parallel; None for a node that did not answer."""
-        node_ids = [node.id for node in self.config.nodes]
-        answers = await self._ask(node_ids, "client.status", {}, self.timeout, _everyone)
+        answers = await self._ask_alone([node.id for node in self.config.nodes], "client.status")
         return {node: None if a is None else answer_body(a) for node, a in answers.items()}
 
     async def _write(self, kind: str, body: dict[str, Any]) -> Any:
         # The cluster keeps answers from the lowest unanswered seq on, so a new seq may run at
         # most `max_in_flight` ahead of it: a window, not just a count of writes in flight.
-        while not self._window_open():
+        while self._seq + 1 - self._oldest_unanswered >= self._max_in_flight:
             waiter = asyncio.get_running_loop().create_future()
             self._window_waiters.append(waiter)
             await waiter
         self._seq += 1  # a retry of this write reuses the number: the cluster applies it once
         seq = self._seq
         self._unanswered.add(seq)
+        # `ack`: every write below the lowest unanswered one has had its answer
+        body["client"], body["seq"], body["ack"] = self.client_id, seq, self._oldest_unanswered
         try:
-            # `ack`: every write below the lowest unanswered one has had its answer
-            session = {"client": self.client_id, "seq": seq, "ack": min(self._unanswered)}
-            return await self._call(kind, {**body, **session})
+            return await self._call(kind, body)
         finally:  # no await in here: a cancellation cannot skip waking the waiters
             self._unanswered.discard(seq)
-            waiters, self._window_waiters = self._window_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    def _window_open(self) -> bool:
-        return not self._unanswered or self._seq + 1 - min(self._unanswered) < self._max_in_flight
+            if seq == self._oldest_unanswered:
+                oldest = seq + 1
+                while oldest <= self._seq and oldest not in self._unanswered:
+                    oldest += 1
+                self._oldest_unanswered = oldest
+            if self._window_waiters:
+                waiters, self._window_waiters = self._window_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     async def _call(self, kind: str, body: dict[str, Any]) -> Any:
         loop = asyncio.get_running_loop()
-        policy = RequestPolicy(
-            self._node_ids, self._leader, loop.time() + self.timeout, self.timeout
-        )
-        while (attempt := policy.attempt(loop.time())) is not None:
+        started = loop.time()
+        leader, first = self._leader, None
+        if leader is not None and self.timeout > 0:  # RequestPolicy's first attempt, lean
+            answers = await self._ask(
+                [leader], kind, body, started + min(self.timeout, ATTEMPT_TIMEOUT_S)
+            )
+            if (answer := answers[leader]) is not None and answer.kind == "kv.ok":
+                self._leader = leader
+                return answer.body.get("value")
+            first = answers
+        return await self._call_through_policy(kind, body, leader, started, first)
+
+    async def _call_through_policy(
+        self,
+        kind: str,
+        body: dict[str, Any],
+        leader: str | None,
+        started: float,
+        first: Answers | None,
+    ) -> Any:
+        """Retry across redirects and failovers (see `RequestPolicy`); `first`: the answers to
+        its first attempt, if that was made already."""
+        loop = asyncio.get_running_loop()
+        now = started
+        policy = RequestPolicy(self._node_ids, leader, started + self.timeout, self.timeout)
+        while (attempt := policy.attempt(now)) is not None:
             asked, wait = attempt
-            started = loop.time()
-            answers = await self._ask(asked, kind, body, wait)
+            if first is not None:
+                answers, first = first, None
+            else:
+                answers = await self._ask(asked, kind, body, now + wait)
             if policy.settle(asked, answers):
                 self._leader = policy.served_by
                 return policy.value
             if not any(answers.values()) and not self._closed:  # maybe nothing left: no spin
-                await asyncio.sleep(max(0.0, wait - (loop.time() - started)))
+                await asyncio.sleep(max(0.0, now + wait - loop.time()))
             if policy.backoff:
                 await asyncio.sleep(min(policy.backoff, max(0.0, policy.deadline - loop.time())))
+            now = loop.time()
         self._leader = None
         raise policy.failure()
 
@@ -173,47 +292,91 @@ class AsyncClient:
         node_ids: list[str],
         kind: str,
         body: dict[str, Any],
-        timeout: float,
-        until: Callable[[dict[str, Envelope | None]], bool] = decisive,
-    ) -> dict[str, Envelope | None]:
+        expiry: float,
+        until: Callable[[Answers], bool] = decisive,
+        alone: bool = False,
+    ) -> Answers:
         """Send one request to each node; their answers, until `until` holds, every node asked
-        answered, or `timeout` passed."""
-        loop = asyncio.get_running_loop()
-        answers: dict[str, Envelope | None] = dict.fromkeys(node_ids)
-        sent = {}
-        for node_id in node_ids:
-            request_id = next(self._request_ids)
-            if self._send(node_id, self._codec.encode(kind, body, request_id)):
-                sent[request_id] = node_id
-        if not sent:
-            return answers
-        # Answers are taken by the reader tasks, which run only once this task awaits.
-        settled: asyncio.Future[None] = loop.create_future()
-        for request_id, node_id in sent.items():
-            self._waiting[request_id] = functools.partial(
-                _take_answer, answers, node_id, settled, len(sent), until
-            )
-        self._asking.add(settled)
-        expiry = loop.call_later(timeout, _settle, settled)
+        answered, or the loop's clock reaches `expiry`. The request waits for the end of this
+        turn of the loop, to leave with the others to the same node, unless it goes `alone`."""
+        if self._closed:
+            raise Unavailable("the client is closed")
+        attempt = _Attempt(
+            asyncio.get_running_loop().create_future(), dict.fromkeys(node_ids), until, 0
+        )
+        request_ids = []
         try:
-            await settled
+            for node_id in node_ids:
+                request_id = next(self._request_ids)
+                self._socket(node_id)  # its reader must run before the answer can come
+                self._waiting[request_id] = (attempt, node_id)
+                request_ids.append(request_id)
+                attempt.outstanding += 1
+                item = [request_id, kind, body]
+                if alone:
+                    self._send(node_id, self._codec.encode(kind, body, request_id), [item])
+                else:
+                    self._enqueue(node_id, item)
+            self._expiries.add(expiry, attempt)
+            await attempt.future
         finally:
-            expiry.cancel()
-            self._asking.discard(settled)
-            for request_id in sent:  # a late answer finds nobody waiting: dropped
+            for request_id in request_ids:  # a late answer finds nobody waiting: dropped
                 self._waiting.pop(request_id, None)
-        return answers
+        return attempt.answers
 
-    def _send(self, node_id: str, frame: bytes) -> bool:
-        sock = self._socket(node_id)
+    async def _ask_alone(self, node_ids: list[str], kind: str) -> Answers:
+        """Ask every node and wait for all (status queries), in frames of their own."""
+        expiry = asyncio.get_running_loop().time() + self.timeout
+        return await self._ask(node_ids, kind, {}, expiry, _everyone, alone=True)
+
+    def _enqueue(self, node_id: str, item: list[Any]) -> None:
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        if (queued := self._outgoing.get(node_id)) is None:
+            self._outgoing[node_id] = [item]
+        else:
+            queued.append(item)
+
+    def _flush(self) -> None:
+        """Send what this turn of the loop asked of each node: one request as a plain frame,
+        more in BATCH_KIND frames of up to MAX_BATCH_ITEMS."""
+        outgoing, self._outgoing = self._outgoing, {}
+        if self._closed:  # close() settled their attempts
+            return
+        for node_id, items in outgoing.items():
+            for start in range(0, len(items), MAX_BATCH_ITEMS):
+                self._send_items(node_id, items[start : start + MAX_BATCH_ITEMS])
+
+    def _send_items(self, node_id: str, items: list[list[Any]]) -> None:
+        if len(items) > 1:
+            try:
+                frame = self._codec.encode_batch(BATCH_KIND, items)
+            except WireError:  # too large together, or one cannot be encoded: one frame each
+                for item in items:
+                    self._send_items(node_id, [item])
+                return
+        else:
+            request_id, kind, body = items[0]
+            try:
+                frame = self._codec.encode(kind, body, request_id)
+            except WireError as error:  # the caller's to hear
+                if (waiting := self._waiting.pop(request_id, None)) is not None:
+                    waiting[0].fail(error)
+                return
+        self._send(node_id, frame, items)
+
+    def _send(self, node_id: str, frame: bytes, items: list[list[Any]]) -> None:
+        """Send a frame of `items`; their attempts hear at once when it could not be sent."""
         try:
-            sock.send(frame, zmq.NOBLOCK)
+            self._sockets[node_id].send(frame, zmq.NOBLOCK)
         except zmq.Again:
-            return False
+            for request_id, _, _ in items:
+                if (waiting := self._waiting.pop(request_id, None)) is not None:
+                    waiting[0].take(node_id, None)
+            return
         if node_id not in self._sent_unchecked:  # a send may take the ZMQ_FD edge: look once
             self._sent_unchecked.add(node_id)  # the sends of this turn of the loop are done
             asyncio.get_running_loop().call_soon(self._look_for_input, node_id)
-        return True
 
     def _look_for_input(self, node_id: str) -> None:
         self._sent_unchecked.discard(node_id)
@@ -241,6 +404,7 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         fd = sock.get(zmq.FD)
         loop.add_reader(fd, readable.set)
+        waiting = self._waiting
         try:
             while True:
                 # ZMQ_FD is edge-triggered: drain until EAGAIN before waiting on it again.
@@ -253,9 +417,13 @@ class AsyncClient:
                         envelope = self._codec.decode(frame)
                     except WireError:
                         continue
-                    deliver = self._waiting.pop(envelope.request_id, None)
-                    if deliver is not None:
-                        deliver(envelope)
+                    if envelope.kind == REPLIES_KIND:
+                        answers, _ = unpack_batch(envelope)  # malformed items are dropped
+                    else:
+                        answers = [envelope]
+                    for answer in answers:
+                        if (entry := waiting.pop(answer.request_id, None)) is not None:
+                            entry[0].take(entry[1], answer)
                 readable.clear()
                 if not sock.get(zmq.EVENTS) & zmq.POLLIN:
                     await readable.wait()
@@ -266,24 +434,6 @@ class AsyncClient:
             loop.remove_reader(fd)
 
 
-def _take_answer(
-    answers: dict[str, Envelope | None],
-    node_id: str,
-    settled: asyncio.Future[None],
-    asked: int,
-    until: Callable[[dict[str, Envelope | None]], bool],
-    answer: Envelope,
-) -> None:
-    answers[node_id] = answer
-    if until(answers) or sum(a is not None for a in answers.values()) == asked:
-        _settle(settled)
-
-
-def _everyone(answers: dict[str, Envelope | None]) -> bool:
+def _everyone(answers: Answers) -> bool:
     """Wait for every node asked (status queries)."""
     return False
-
-
-def _settle(settled: asyncio.Future[None]) -> None:
-    if not settled.done():
-        settled.set_result(None)

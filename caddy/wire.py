@@ -6,6 +6,7 @@ Owns encoding, decoding, size limits and body compression; every malformed input
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,15 @@ _KNOWN_FLAGS = FLAG_COMPRESSED
 _ENVELOPE_FIELDS = 7
 MAX_NAME_LENGTH = 128  # cluster names, node ids and kinds are short identifiers
 _FRAME_TYPES = (bytes, bytearray, memoryview)
+
+# Requests issued together by a client travel in one frame, and their answers in one frame back:
+# a `BATCH_KIND` envelope (request id 0) whose body is {"requests": [[request id, kind, body], ...]}
+# and a `REPLIES_KIND` one with {"replies": [...]}; each item is still a request, or the answer
+# to one, of its own. Items are ordinary kinds, never a batch.
+BATCH_KIND = "kv.batch"
+REPLIES_KIND = "kv.replies"
+BATCH_FIELDS = {BATCH_KIND: "requests", REPLIES_KIND: "replies"}
+MAX_BATCH_ITEMS = 256  # items of one batch frame; a receiver drops the rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +56,14 @@ class Codec:
     max_message_bytes: int = 16 * 1024 * 1024
     compress_threshold: int | None = 4096
 
-    def encode(self, kind: str, body: Mapping[str, Any], request_id: int = 0) -> bytes:
+    def encode(
+        self, kind: str, body: Mapping[str, Any], request_id: int = 0, *, compress: bool = True
+    ) -> bytes:
         try:
             frame = _pack([PROTOCOL_VERSION, self.cluster, self.sender, kind, request_id, 0, body])
             # Small frames (the common case) are packed once; large ones get a compressed body.
-            if self.compress_threshold is not None and len(frame) > self.compress_threshold:
+            threshold = self.compress_threshold
+            if compress and threshold is not None and len(frame) > threshold:
                 compressed = zlib.compress(_pack(body), 1)
                 header = [PROTOCOL_VERSION, self.cluster, self.sender, kind, request_id]
                 frame = _pack([*header, FLAG_COMPRESSED, compressed])
@@ -61,6 +74,11 @@ class Codec:
                 f"{kind!r} is {len(frame)} bytes, over the {self.max_message_bytes} limit"
             )
         return frame
+
+    def encode_batch(self, kind: str, items: list[list[Any]]) -> bytes:
+        """A BATCH_KIND or REPLIES_KIND frame of `items`, [request id, kind, body] each. Never
+        compressed: a batch is of small messages, and zlib would cost more than batching saves."""
+        return self.encode(kind, {BATCH_FIELDS[kind]: items}, compress=False)
 
     def decode(self, frame: bytes) -> Envelope:
         """Decode one frame; any defect (including a foreign cluster name) raises WireError."""
@@ -95,6 +113,35 @@ def decode_envelope(frame: bytes, max_message_bytes: int) -> Envelope:
     if not isinstance(payload, dict):
         raise WireError("body is not a map")
     return Envelope(cluster, sender, kind, payload, request_id)
+
+
+def unpack_batch(envelope: Envelope) -> tuple[list[Envelope], Counter[str]]:
+    """The items of a BATCH_KIND or REPLIES_KIND frame as envelopes of their own (with the
+    frame's cluster and sender), and how many were dropped, by reason. Untrusted input: nothing
+    raises."""
+    dropped: Counter[str] = Counter()
+    items = envelope.body.get(BATCH_FIELDS[envelope.kind])
+    if type(items) is not list:  # msgpack makes exact lists
+        dropped["batch-malformed"] += 1
+        return [], dropped
+    if len(items) > MAX_BATCH_ITEMS:
+        dropped["batch-too-long"] += len(items) - MAX_BATCH_ITEMS
+        items = items[:MAX_BATCH_ITEMS]
+    cluster, sender = envelope.cluster, envelope.sender
+    envelopes = []
+    for item in items:
+        if type(item) is not list or len(item) != 3:
+            dropped["batch-item-malformed"] += 1
+            continue
+        request_id, kind, body = item
+        well_typed = type(request_id) is int and _is_name(kind) and type(body) is dict
+        if not well_typed or request_id < 0:
+            dropped["batch-item-malformed"] += 1
+        elif kind in BATCH_FIELDS:
+            dropped["batch-nested"] += 1
+        else:
+            envelopes.append(Envelope(cluster, sender, kind, body, request_id))
+    return envelopes, dropped
 
 
 def _is_name(value: Any) -> bool:

@@ -1,5 +1,5 @@
-"""The asyncio client against real node processes: concurrent operations, and writes in flight
-together through a kill -9 of the leader, each applied exactly once."""
+"""The asyncio client against real node processes: concurrent operations, requests sharing
+frames, and writes in flight together through a kill -9 of the leader, each applied exactly once."""
 
 import asyncio
 import threading
@@ -48,6 +48,42 @@ def test_concurrent_operations_from_one_async_client(cluster):
             assert sync_client.leader() == leader
 
     asyncio.run(scenario())
+
+
+def test_coalesced_writes_and_reads_each_get_their_own_answer(cluster):
+    """Many tasks, each through put, get, cas, delete and get of its own key at once: the
+    requests of each step share frames, and every answer must still be its request's."""
+
+    async def lifecycle(client, n):
+        key, value = f"life-{n}", n + 1
+        await client.put(key, value)
+        assert await client.get(key) == value
+        assert await client.cas(key, value, -value) is True
+        assert await client.cas(key, value, value) is False
+        assert await client.get(key) == -value
+        assert await client.delete(key) is True
+        assert await client.get(key) is None
+        return n
+
+    async def scenario():
+        async with AsyncClient(cluster.topology, timeout=20) as client:
+            sent_items = []
+            send = client._send
+
+            def counting_send(node_id, frame, items):
+                sent_items.append(len(items))
+                send(node_id, frame, items)
+
+            client._send = counting_send
+            await client.put("warm-up", 0)  # finds the leader
+            assert await asyncio.gather(*(lifecycle(client, n) for n in range(200))) == list(
+                range(200)
+            )
+            return sent_items
+
+    sent_items = asyncio.run(scenario())
+    assert sum(sent_items) >= 1 + 200 * 7
+    assert len(sent_items) < sum(sent_items) / 10, "requests did not share frames"
 
 
 class CasChains:

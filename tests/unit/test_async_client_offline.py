@@ -1,10 +1,12 @@
-"""The asyncio client without a running cluster: its write window, full send queues, close().
+"""The asyncio client without a running cluster: its write window, full send queues, close(), and
+requests of one turn of the event loop sharing a frame (against a fake node).
 
 The window: a new sequence number never runs more than `max_in_flight` ahead of the oldest
 unanswered write (the cluster keeps only that many answers).
 """
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -14,7 +16,8 @@ import caddy.async_client
 from caddy.async_client import AsyncClient
 from caddy.client import socket_options
 from caddy.config import load_topology
-from caddy.errors import Timeout, Unavailable
+from caddy.errors import Timeout, Unavailable, WireError
+from caddy.wire import BATCH_KIND, REPLIES_KIND, Codec
 from tests.harness import write_topology
 
 
@@ -93,3 +96,146 @@ def test_close_ends_requests_in_flight_and_leaves_nothing_open(tmp_path):
 
     assert asyncio.run(scenario()) == []
     assert client._sockets == {} and client._readers == []
+
+
+class FakeNode:
+    """A client ROUTER on a node's address, in a thread: it records every request frame and
+    answers each `kv.*` request with `answer(body)`, a (kind, body) pair; a batch's answers in
+    one kv.replies frame listing them last to first, plus one malformed item the client must
+    skip."""
+
+    def __init__(self, config, node_id, answer):
+        self.codec = Codec(cluster=config.cluster, sender=node_id)
+        self.answer = answer
+        self.frames: list = []  # every decoded request frame, in order
+        self.router = zmq.Context.instance().socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.bind(config.node(node_id).client_address)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stopping.is_set():
+            if not self.router.poll(20):
+                continue
+            identity, frame = self.router.recv_multipart()
+            request = self.codec.decode(frame)
+            self.frames.append(request)
+            if request.kind == BATCH_KIND:
+                replies = [
+                    [request_id, *self.answer(body)]
+                    for request_id, _, body in reversed(request.body["requests"])
+                ]
+                reply = self.codec.encode_batch(REPLIES_KIND, [[1, "kv.ok"], *replies])
+            elif request.kind.startswith("kv."):
+                reply = self.codec.encode(*self.answer(request.body), request.request_id)
+            else:
+                reply = self.codec.encode(
+                    "client.status.ok", {"state": "leader"}, request.request_id
+                )
+            self.router.send_multipart([identity, reply])
+
+    def request_bodies(self):
+        """The body of every request received, batched or not, in order."""
+        bodies = []
+        for frame in self.frames:
+            if frame.kind == BATCH_KIND:
+                bodies.extend(body for _, _, body in frame.body["requests"])
+            else:
+                bodies.append(frame.body)
+        return bodies
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        self.router.close()
+
+
+@pytest.fixture
+def one_node(tmp_path):
+    """A one-node topology whose node is a FakeNode answering with the key's value doubled."""
+    config = load_topology(write_topology(tmp_path, 1))
+    node = FakeNode(config, "n1", lambda body: ("kv.ok", {"value": body["key"] * 2}))
+    yield config, node
+    node.close()
+
+
+def test_requests_of_one_turn_leave_in_one_batch_and_their_replies_resolve_each(one_node):
+    config, node = one_node
+
+    async def scenario():
+        async with AsyncClient(config, timeout=10) as client:
+            puts = [client.put(f"p{n}", n) for n in range(40)]
+            gets = [client.get(f"g{n}") for n in range(40)]
+            results = await asyncio.gather(*puts, *gets, client.status("n1"))
+            return results, client._waiting
+
+    results, waiting = asyncio.run(scenario())
+    assert results[40:80] == [f"g{n}" * 2 for n in range(40)]
+    assert results[-1] == {"state": "leader"}
+    assert not waiting
+    (batch,) = [frame for frame in node.frames if frame.kind == BATCH_KIND]
+    (status,) = [frame for frame in node.frames if frame.kind == "client.status"]
+    assert len(node.frames) == 2, "more frames than one batch and one status"
+    items = batch.body["requests"]
+    assert [kind for _, kind, _ in items] == ["kv.put"] * 40 + ["kv.get"] * 40
+    assert [body["key"] for _, _, body in items] == [f"p{n}" for n in range(40)] + [
+        f"g{n}" for n in range(40)
+    ]
+    assert sorted(body["seq"] for _, _, body in items[:40]) == list(range(1, 41))
+    assert len({request_id for request_id, _, _ in items}) == 80
+    assert status.request_id not in {request_id for request_id, _, _ in items}
+
+
+def test_a_lone_request_goes_as_a_plain_frame(one_node):
+    config, node = one_node
+
+    async def scenario():
+        async with AsyncClient(config, timeout=10) as client:
+            first = await client.get("a")
+            second = await client.put("b", 1)
+            return first, second
+
+    assert asyncio.run(scenario()) == ("aa", None)
+    assert [(frame.kind, frame.body["key"]) for frame in node.frames] == [
+        ("kv.get", "a"),
+        ("kv.put", "b"),
+    ]
+
+
+def test_an_unencodable_request_fails_alone_and_its_turn_mates_still_go(one_node):
+    config, node = one_node
+
+    async def scenario():
+        async with AsyncClient(config, timeout=10) as client:
+            return await asyncio.gather(
+                client.get("x"), client.put("bad", {1, 2}), client.get("y"), return_exceptions=True
+            )
+
+    first, bad, last = asyncio.run(scenario())
+    assert (first, last) == ("xx", "yy")
+    assert isinstance(bad, WireError)
+    assert [frame.kind for frame in node.frames] == ["kv.get", "kv.get"]
+    assert sorted(body["key"] for body in node.request_bodies()) == ["x", "y"]
+
+
+def test_writes_answered_only_with_retry_later_time_out_and_every_retry_keeps_its_seq(tmp_path):
+    config = load_topology(write_topology(tmp_path, 1))
+    node = FakeNode(config, "n1", lambda body: ("kv.error", {"error": "busy", "retry": True}))
+
+    async def scenario():
+        async with AsyncClient(config, timeout=0.5) as client:
+            return await asyncio.gather(
+                client.put("a", 1), client.put("b", 2), return_exceptions=True
+            )
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        node.close()
+    assert [type(result) for result in results] == [Timeout, Timeout]  # answered: not Unavailable
+    sent = [(body["key"], body["seq"]) for body in node.request_bodies()]
+    assert sent.count(("a", 1)) >= 3 and sent.count(("b", 2)) >= 3, sent
+    assert set(sent) == {("a", 1), ("b", 2)}
+    assert any(frame.kind == BATCH_KIND for frame in node.frames)
