@@ -2,6 +2,7 @@
 
 import os
 import queue
+import random
 import socket
 import threading
 from urllib.parse import urlsplit
@@ -158,8 +159,14 @@ def test_a_frame_beyond_the_socket_limit_closes_only_that_connection(pair):
     assert_still_serving(transports, inboxes)
 
 
+# Random bytes fail ZeroMQ's handshake at once, unless they begin like a greeting (0xff, or 0x00
+# for an old-style peer): ZeroMQ then waits for the rest, and the peer's close ends it.
+NOT_A_GREETING = bytes([0x5A]) + random.Random(1).randbytes(299)
+GREETING_START = bytes([0xFF]) + bytes(8) + bytes([0x7E]) + random.Random(2).randbytes(290)
+
+
 @pytest.mark.parametrize("endpoint", ["address", "client_address"])
-@pytest.mark.parametrize("payload", [os.urandom(300), b"GET / HTTP/1.1\r\n\r\n", b"\xff"])
+@pytest.mark.parametrize("payload", [NOT_A_GREETING, b"GET / HTTP/1.1\r\n\r\n", b"\xff"])
 def test_garbage_from_raw_tcp_is_counted_and_harmless(pair, endpoint, payload):
     config, transports, inboxes = pair
     url = urlsplit(getattr(config.node("n2"), endpoint))
@@ -170,6 +177,22 @@ def test_garbage_from_raw_tcp_is_counted_and_harmless(pair, endpoint, payload):
         lambda: transports["n2"].drop_counts().get("handshake-failed", 0) > before,
         10,
         "a failed handshake counted",
+    )
+    assert_still_serving(transports, inboxes)
+
+
+@pytest.mark.parametrize("endpoint", ["address", "client_address"])
+@pytest.mark.parametrize("first_byte", [0xFF, 0x00])
+def test_a_garbage_greeting_then_a_close_is_a_closed_connection_and_harmless(
+    pair, endpoint, first_byte
+):
+    config, transports, inboxes = pair
+    url = urlsplit(getattr(config.node("n2"), endpoint))
+    before = transports["n2"].closed_connections
+    with socket.create_connection((url.hostname, url.port), timeout=5) as raw:
+        raw.sendall(bytes([first_byte]) + GREETING_START[1:])
+    wait_until(
+        lambda: transports["n2"].closed_connections > before, 10, "the connection counted closed"
     )
     assert_still_serving(transports, inboxes)
 
