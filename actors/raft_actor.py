@@ -104,6 +104,8 @@ class RaftActor(pykka.ThreadingActor):
         )
         self._writes: dict[int, _PendingEntry] = {}  # by log index
         self._proposals: list[tuple[ClientRoute, ClientRequest]] = []  # not yet proposed
+        # Requests answered at once (redirects, malformed), sent when the mailbox message is done
+        self._answers: list[tuple[ClientRoute, str, dict[str, Any]]] = []
         self._reads: list[_PendingRead] = []  # waiting for a read index round to start
         self._reads_in_flight: dict[bytes, list[_PendingRead]] = {}
         self._reads_ready: list[_PendingRead] = []  # confirmed, waiting for apply
@@ -127,6 +129,9 @@ class RaftActor(pykka.ThreadingActor):
             self._unprocessed += len(message.messages) - 1
         elif isinstance(message, Inbound):
             self._on_inbound(message)
+        if self._answers:  # redirects and refusals, for a batch of requests in one go
+            answers, self._answers = self._answers, []
+            self._transport.reply_many(answers)
         # Batch: many requests queued behind this one ride in one append and one fsync; a bound
         # keeps a never-empty inbox from starving the Ready loop.
         self._unprocessed += 1
@@ -173,18 +178,15 @@ class RaftActor(pykka.ThreadingActor):
         try:
             request = parse_request(inbound.envelope.kind, inbound.envelope.body)
         except RequestError as error:
-            self._transport.reply(route, "kv.error", {"error": str(error), "retry": False})
+            self._answers.append((route, "kv.error", {"error": str(error), "retry": False}))
             return
         if self.core.state is not StateRole.LEADER:
-            self._transport.reply(route, "kv.redirect", {"leader": self.core.leader})
+            self._answers.append((route, "kv.redirect", {"leader": self.core.leader}))
             return
         if request.is_read:
             if not callable(getattr(self._reader, "read", None)):
-                self._transport.reply(
-                    route,
-                    "kv.error",
-                    {"error": "this node's state machine has no read(key) method", "retry": False},
-                )
+                no_reads = "this node's state machine has no read(key) method"
+                self._answers.append((route, "kv.error", {"error": no_reads, "retry": False}))
                 return
             self._reads.append(_PendingRead(route, request.key))
         else:
@@ -309,18 +311,16 @@ class RaftActor(pykka.ThreadingActor):
 
     def _fail_pending(self, reason: str) -> None:
         """Answer every waiting client: the outcome of a write is unknown, so they retry."""
-        for pending in self._writes.values():
-            for route in pending.routes:
-                self._transport.reply(route, "kv.error", {"error": reason, "retry": True})
+        routes = [route for pending in self._writes.values() for route in pending.routes]
         self._writes.clear()
-        for route, _ in self._proposals:
-            self._transport.reply(route, "kv.error", {"error": reason, "retry": True})
+        routes.extend(route for route, _ in self._proposals)
         self._proposals.clear()
         reads = [*self._reads, *self._reads_ready]
         for waiting in self._reads_in_flight.values():
             reads.extend(waiting)
-        for read in reads:
-            self._transport.reply(read.route, "kv.error", {"error": reason, "retry": True})
+        routes.extend(read.route for read in reads)
+        error = {"error": reason, "retry": True}
+        self._transport.reply_many([(route, "kv.error", error) for route in routes])
         self._reads.clear()
         self._reads_ready.clear()
         self._reads_in_flight.clear()
@@ -334,8 +334,9 @@ class RaftActor(pykka.ThreadingActor):
         try:
             self.core.read_index(context)
         except NotLeader as error:
-            for read in self._reads:
-                self._transport.reply(read.route, "kv.redirect", {"leader": error.leader_hint})
+            redirect = {"leader": error.leader_hint}
+            replies = [(read.route, "kv.redirect", redirect) for read in self._reads]
+            self._transport.reply_many(replies)
             self._reads.clear()
             return
         self._reads_in_flight[context] = self._reads

@@ -51,7 +51,10 @@ def encode_command(
 
 def decode_command(data: bytes) -> Command:
     """Parse and validate a log entry's data; CommandError for anything malformed."""
-    fields = unpack(data, CommandError)
+    return _envelope_command(unpack(data, CommandError))
+
+
+def _envelope_command(fields: Any) -> Command:
     if type(fields) is not list or len(fields) != 6:
         raise CommandError("envelope: expected a list of 6 fields")
     version, client_id, seq, ack_below, log_time_ms, payload = fields
@@ -74,8 +77,15 @@ def encode_batch(log_time_ms: int, commands: Sequence[tuple[str, int, int, bytes
 
 def decode_batch(data: bytes) -> tuple[int, list[Command | CommandError]]:
     """Parse a batch entry: its log time and one Command per write, or the CommandError of a
-    malformed write in its place (the others stand). A malformed batch raises CommandError."""
+    malformed write in its place (the others stand). A malformed batch raises CommandError.
+
+    A single-command envelope (`encode_command`, the entry format before batches) is a batch of
+    one, so that logs written by earlier versions replay to the same state.
+    """
     fields = unpack(data, CommandError)
+    if type(fields) is list and len(fields) == 6:
+        command = _envelope_command(fields)
+        return command.log_time_ms, [command]
     if type(fields) is not list or len(fields) != 3:
         raise CommandError("batch: expected [version, log_time_ms, commands]")
     version, log_time_ms, items = fields

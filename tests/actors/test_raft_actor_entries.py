@@ -18,6 +18,7 @@ from caddy.wire import Envelope
 class RecordingTransport:
     def __init__(self):
         self.replies = []
+        self.reply_calls = 0
 
     def send(self, peer, kind, body):
         return True
@@ -26,17 +27,23 @@ class RecordingTransport:
         self.replies.append((route.request_id, kind, body))
 
     def reply_many(self, replies):
+        self.reply_calls += 1
         for route, kind, body in replies:
             self.reply(route, kind, body)
 
 
-@pytest.fixture
-def leader(tmp_path):
+def raft_actor_of(tmp_path):
     topology = local_cluster.write_topology(
         tmp_path, 3, cluster="test", data_dir=str(tmp_path / "data"), raft={"pre_vote": False}
     )
     transport = RecordingTransport()
     actor = RaftActor(load_topology(topology), "n1", transport, KeyValueStore(), StatusBoard())
+    return actor, transport
+
+
+@pytest.fixture
+def leader(tmp_path):
+    actor, transport = raft_actor_of(tmp_path)
     actor.core.campaign()
     actor._process_ready()
     actor.core.step(VoteResponse(actor.core.term, "n2", True, False))
@@ -102,3 +109,17 @@ def test_an_entry_lost_to_another_leader_tells_each_of_its_writers_to_retry(lead
         (3, "kv.error"),
     ]
     assert all(body["retry"] is True for _, _, body in transport.replies)
+
+
+def test_a_follower_redirects_a_batch_of_requests_in_one_go(tmp_path):
+    actor, transport = raft_actor_of(tmp_path)
+    try:
+        actor.on_receive(InboundBatch([put(i, f"k{i}", i, seq=i) for i in range(1, 4)]))
+        assert [(request_id, kind) for request_id, kind, _ in transport.replies] == [
+            (1, "kv.redirect"),
+            (2, "kv.redirect"),
+            (3, "kv.redirect"),
+        ]
+        assert transport.reply_calls == 1  # one call: the transport can send them in one frame
+    finally:
+        actor.on_stop()

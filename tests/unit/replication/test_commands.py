@@ -156,6 +156,11 @@ def test_a_batch_round_trips_in_order_with_the_batch_log_time():
     assert decoded == [Command(c, s, a, 42, p) for c, s, a, p in commands]
 
 
+def test_a_single_command_envelope_is_a_batch_of_one():
+    data = encode_command("a", 3, 17, b"p", ack_below=2)
+    assert decode_batch(data) == (17, [Command("a", 3, 2, 17, b"p")])
+
+
 def test_encode_batch_checks_every_write():
     with pytest.raises(CommandError):
         encode_batch(1, [("a", 1, 0, b""), ("b", 0, 0, b"")])  # seq 0 in a session
@@ -177,6 +182,7 @@ def test_a_malformed_write_in_a_batch_stands_in_place_and_the_others_decode():
     [
         [2, 9],
         [1, 9, []],  # a single-command envelope's version
+        [1, "c", 0, 0, 5, b""],  # a malformed single-command envelope
         [2, -1, []],
         [2, True, []],
         [2, 9, {"a": 1}],

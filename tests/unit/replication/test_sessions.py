@@ -233,6 +233,17 @@ def test_a_malformed_write_in_a_batch_is_malformed_and_the_others_apply():
     assert machine.inner.applied == [b"x", b"z"]
 
 
+def test_a_log_of_single_command_entries_replays_through_apply_batch_as_through_apply():
+    log = [write("a", 1, b"x", time=5), write("b", 1, b"y", time=6), write("a", 1, b"x", time=7)]
+    one_by_one, batched = (
+        SessionStateMachine(RecordingMachine()),
+        SessionStateMachine(RecordingMachine()),
+    )
+    assert [[one_by_one.apply(entry)] for entry in log] == [batched.apply_batch(e) for e in log]
+    assert batched.snapshot() == one_by_one.snapshot()
+    assert batched.inner.applied == [b"x", b"y"]
+
+
 @pytest.mark.parametrize("data", [b"", b"\xc1", msgpack.packb([2, 3]), msgpack.packb([1, 3, []])])
 def test_a_malformed_batch_applies_nothing(data):
     machine = SessionStateMachine(RecordingMachine())
