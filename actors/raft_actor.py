@@ -97,6 +97,7 @@ class RaftActor(pykka.ThreadingActor):
             max_append_bytes=raft.max_append_bytes,
             max_inflight=raft.max_inflight,
             snapshot_threshold=raft.snapshot_threshold,
+            snapshot_threshold_bytes=raft.snapshot_threshold_bytes,
             pre_vote=raft.pre_vote,
             check_quorum=raft.check_quorum,
             lease_reads=raft.lease_reads,

@@ -75,6 +75,7 @@ class RaftNode:
         max_append_bytes: int = 1 << 20,
         max_inflight: int = 256,
         snapshot_threshold: int = 10_000,
+        snapshot_threshold_bytes: int = 16 << 20,
         pre_vote: bool = True,
         check_quorum: bool = True,
         lease_reads: bool = False,
@@ -94,6 +95,8 @@ class RaftNode:
         self._max_append_bytes = max_append_bytes
         self._max_inflight = max_inflight
         self._snapshot_threshold = snapshot_threshold
+        self._snapshot_threshold_bytes = snapshot_threshold_bytes
+        self._applied_bytes = 0  # entry data applied since the last snapshot (bounds the log)
         self._pre_vote = pre_vote
         self._check_quorum = check_quorum
         self._lease_reads = lease_reads
@@ -349,6 +352,7 @@ class RaftNode:
         self._config_entries = [item for item in self._config_entries if item[0] > applied_index]
         self._snapshot_data = snapshot_data
         self._snapshot_requested = False
+        self._applied_bytes = 0
         for peer, progress in self._progress.items():
             if progress.state is ProgressState.SNAPSHOT:
                 progress.become_snapshot(meta.index)  # restart with the newer snapshot
@@ -437,6 +441,9 @@ class RaftNode:
             last = ready.entries[-1]
             log.stable_to(last.index, last.term)
         if ready.commit_index > log.applied:
+            start = max(log.applied, log.snapshot.index) - log.snapshot.index
+            applied = log.entries[start : ready.commit_index - log.snapshot.index]
+            self._applied_bytes += sum(len(entry.data) for entry in applied)
             log.applied = ready.commit_index
         if self.state is StateRole.LEADER and self._maybe_commit():
             self._after_commit()
@@ -945,6 +952,7 @@ class RaftNode:
             return
         logger.info("%s: installing snapshot at %d (term %d)", self.id, meta.index, meta.term)
         self.log.restore(meta, data)
+        self._applied_bytes = 0
         self._snapshot_data = data
         self._config_entries = []
         self._refresh_membership()
@@ -1010,7 +1018,7 @@ class RaftNode:
 
     def _snapshot_due(self) -> bool:
         log = self.log
-        return (
-            not self._snapshot_requested
-            and log.applied - log.snapshot.index >= self._snapshot_threshold
+        return not self._snapshot_requested and (
+            log.applied - log.snapshot.index >= self._snapshot_threshold
+            or self._applied_bytes >= self._snapshot_threshold_bytes
         )

@@ -38,6 +38,7 @@ class NodeSettings:
     max_append_bytes: int = 256
     max_inflight: int = 4
     snapshot_threshold: int = 40
+    snapshot_threshold_bytes: int = 1 << 20
     pre_vote: bool = True
     check_quorum: bool = True
     lease_reads: bool = False
@@ -361,6 +362,7 @@ class World:
             max_append_entries=rng.choice((1, 4, 8, 64)),
             max_inflight=rng.choice((1, 4, 16)),
             snapshot_threshold=rng.choice((15, 40, 10_000)),
+            snapshot_threshold_bytes=rng.choice((60, 1 << 20)),
             pre_vote=rng.random() < 0.8,
             check_quorum=check_quorum,
             lease_reads=check_quorum and rng.random() < 0.3,

@@ -90,6 +90,7 @@ def test_settings_defaults_are_the_documented_values() -> None:
         max_append_bytes=1_048_576,
         max_inflight=256,
         snapshot_threshold=10_000,
+        snapshot_threshold_bytes=16_777_216,
         pre_vote=True,
         check_quorum=True,
         lease_reads=False,

@@ -27,6 +27,22 @@ def test_a_snapshot_is_requested_once_the_threshold_is_reached():
     assert len(requests) == 1 and requests[0] >= 10
 
 
+def test_a_snapshot_is_requested_once_applied_entries_hold_the_threshold_in_bytes():
+    cluster = Cluster(snapshot_threshold=1000, snapshot_threshold_bytes=100)
+    cluster.elect("a")
+    cluster.propose("a", b"x" * 60)
+    assert not [r for r in cluster.readies["a"] if r.snapshot_request]
+    cluster.propose("a", b"y" * 60)  # 120 bytes applied, 3 entries: the bytes decide
+    requests = [r.snapshot_request for r in cluster.readies["a"] if r.snapshot_request]
+    assert len(requests) == 1
+    snapshot_everyone(cluster)
+    cluster.readies["a"].clear()
+    cluster.propose("a", b"z" * 60)  # the count starts again after the snapshot
+    assert not [r for r in cluster.readies["a"] if r.snapshot_request]
+    cluster.propose("a", b"w" * 60)
+    assert len([r for r in cluster.readies["a"] if r.snapshot_request]) == 1
+
+
 def test_compact_drops_the_log_and_keeps_working():
     cluster = Cluster()
     leader = cluster.elect("a")
