@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -50,21 +51,48 @@ def scratch_folder(prefix: str, keep: bool = False) -> Iterator[Path]:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports the kernel just handed out on `host` and released; distinct within one call.
+# Ports are taken from below the kernel's ephemeral range when it leaves room: a port the kernel
+# hands out for bind(0) may be handed out again before the node meant to bind it starts, as the
+# source port of another node's outgoing connection (ZeroMQ binds SRC:0 for those), and that node
+# then cannot start.
+LOWEST_PORT = 10_000
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
-    All sockets stay bound until every port is known, so the kernel cannot hand one out twice.
-    """
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports free on `host` now, distinct within one call, from outside the ephemeral range
+    where possible (see LOWEST_PORT), picked at random so that test runs can overlap."""
+    candidates = _ports_below_ephemeral_range()
+    random.shuffle(candidates)
     sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for port in candidates:
+            if len(sockets) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((host, port))
+            except OSError:  # taken
+                sock.close()
+                continue
+            sockets.append(sock)
+        while len(sockets) < count:  # no room below the ephemeral range: let the kernel pick
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind((host, 0))
             sockets.append(sock)
+        # All stay bound until every port is known, so none is picked twice.
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _ports_below_ephemeral_range() -> list[int]:
+    try:
+        low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    return list(range(LOWEST_PORT, low))
 
 
 def write_topology(

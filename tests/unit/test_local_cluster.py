@@ -5,6 +5,7 @@ import socket
 
 import pytest
 
+from actors import local_cluster
 from actors.local_cluster import (
     LocalCluster,
     NodeExited,
@@ -16,6 +17,17 @@ from actors.local_cluster import (
 )
 from caddy.config import load_topology
 from caddy.errors import CaddyError
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_when_it_leaves_room(monkeypatch, tmp_path):
+    range_file = tmp_path / "ip_local_port_range"
+    range_file.write_text("32768\t60999\n")
+    monkeypatch.setattr(local_cluster, "EPHEMERAL_RANGE_FILE", range_file)
+    assert all(local_cluster.LOWEST_PORT <= port < 32768 for port in free_ports(20))
+    range_file.write_text("1024\t65535\n")  # no room: the kernel picks, as for bind(0)
+    assert len(set(free_ports(4))) == 4
+    monkeypatch.setattr(local_cluster, "EPHEMERAL_RANGE_FILE", tmp_path / "missing")
+    assert len(set(free_ports(4))) == 4
 
 
 def test_free_ports_are_distinct_and_bindable():
