@@ -63,7 +63,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Ports free on `host` now, distinct within one call, from outside the ephemeral range
     where possible (see LOWEST_PORT), picked at random so that test runs can overlap."""
     candidates = _ports_below_ephemeral_range()
-    random.shuffle(candidates)
+    random.Random().shuffle(candidates)  # fresh entropy even where a test seeded `random`
     sockets: list[socket.socket] = []
     try:
         for port in candidates:

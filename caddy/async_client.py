@@ -301,8 +301,12 @@ class AsyncClient:
         turn of the loop, to leave with the others to the same node, unless it goes `alone`."""
         if self._closed:
             raise Unavailable("the client is closed")
+        # Every node counts from the start: a send that fails at once settles only its own part.
         attempt = _Attempt(
-            asyncio.get_running_loop().create_future(), dict.fromkeys(node_ids), until, 0
+            asyncio.get_running_loop().create_future(),
+            dict.fromkeys(node_ids),
+            until,
+            len(node_ids),
         )
         request_ids = []
         try:
@@ -311,7 +315,6 @@ class AsyncClient:
                 self._socket(node_id)  # its reader must run before the answer can come
                 self._waiting[request_id] = (attempt, node_id)
                 request_ids.append(request_id)
-                attempt.outstanding += 1
                 item = [request_id, kind, body]
                 if alone:
                     self._send(node_id, self._codec.encode(kind, body, request_id), [item])

@@ -239,3 +239,27 @@ def test_writes_answered_only_with_retry_later_time_out_and_every_retry_keeps_it
     assert sent.count(("a", 1)) >= 3 and sent.count(("b", 2)) >= 3, sent
     assert set(sent) == {("a", 1), ("b", 2)}
     assert any(frame.kind == BATCH_KIND for frame in node.frames)
+
+
+def test_statuses_wait_for_the_nodes_that_answer_when_another_ones_queue_is_full(
+    tmp_path, monkeypatch
+):
+    def one_message_queue(sock):
+        socket_options(sock)
+        sock.setsockopt(zmq.SNDHWM, 1)
+
+    monkeypatch.setattr(caddy.async_client, "socket_options", one_message_queue)
+    config = load_topology(write_topology(tmp_path, 3))
+    nodes = [FakeNode(config, node_id, lambda body: ("kv.ok", {})) for node_id in ("n2", "n3")]
+
+    async def scenario():  # n1 is down: after the first call its queue is full
+        async with AsyncClient(config, timeout=1.0) as client:
+            return [await client.statuses() for _ in range(3)]
+
+    try:
+        for statuses in asyncio.run(scenario()):
+            assert statuses["n1"] is None
+            assert statuses["n2"] is not None and statuses["n3"] is not None
+    finally:
+        for node in nodes:
+            node.close()
