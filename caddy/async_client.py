@@ -29,6 +29,7 @@ from caddy.replication.sessions import MAX_RESULTS_PER_SESSION
 from caddy.request_policy import (
     ATTEMPT_TIMEOUT_S,
     RequestPolicy,
+    SessionExpired,
     answer_body,
     decisive,
     leader_of,
@@ -69,6 +70,33 @@ class _Attempt:
     def fail(self, error: Exception) -> None:
         if not self.future.done():
             self.future.set_exception(error)
+
+
+@dataclass(slots=True)
+class _Session:
+    """The sequence numbers of one client session: the seqs of writes in flight and the lowest of
+    them (`oldest`; the next seq when none is in flight)."""
+
+    client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    seq: int = 0
+    unanswered: set[int] = field(default_factory=set)
+    oldest: int = 1
+
+    def has_room(self, max_in_flight: int) -> bool:
+        return self.seq + 1 - self.oldest < max_in_flight
+
+    def take(self) -> int:
+        self.seq += 1
+        self.unanswered.add(self.seq)
+        return self.seq
+
+    def answered(self, seq: int) -> None:
+        self.unanswered.discard(seq)
+        if seq == self.oldest:
+            oldest = seq + 1
+            while oldest <= self.seq and oldest not in self.unanswered:
+                oldest += 1
+            self.oldest = oldest
 
 
 @dataclass(slots=True)
@@ -135,7 +163,7 @@ class AsyncClient:
             raise ValueError(f"max_in_flight must be 1..{MAX_RESULTS_PER_SESSION}")
         self.config = topology_of(topology)
         self.timeout = timeout
-        self.client_id = uuid.uuid4().hex
+        self._session = _Session()
         self._codec = client_codec(self.config)
         self._context = zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket] = {}
@@ -150,9 +178,6 @@ class AsyncClient:
         self._request_ids = itertools.count(1)
         self._node_ids = [node.id for node in self.config.nodes if node.role != "witness"]
         self._leader: str | None = None
-        self._seq = 0
-        self._unanswered: set[int] = set()  # seqs of writes in flight
-        self._oldest_unanswered = 1  # the lowest of them; the next seq when there are none
         self._max_in_flight = max_in_flight
         self._window_waiters: list[asyncio.Future[None]] = []
         self._closed = False
@@ -214,27 +239,38 @@ class AsyncClient:
         answers = await self._ask_alone([node.id for node in self.config.nodes], "client.status")
         return {node: None if a is None else answer_body(a) for node, a in answers.items()}
 
+    @property
+    def client_id(self) -> str:
+        """The id of the client's current session."""
+        return self._session.client_id
+
     async def _write(self, kind: str, body: dict[str, Any]) -> Any:
+        try:
+            return await self._write_in_session(kind, body)
+        except SessionExpired as expired:
+            if expired.retried:
+                raise
+            # The cluster applied nothing: the same write goes on in a new session, which the
+            # first of the old session's writes to hear of its end opens.
+            if self._session.client_id == body["client"]:
+                self._session = _Session()
+            return await self._write_in_session(kind, body)
+
+    async def _write_in_session(self, kind: str, body: dict[str, Any]) -> Any:
         # The cluster keeps answers from the lowest unanswered seq on, so a new seq may run at
         # most `max_in_flight` ahead of it: a window, not just a count of writes in flight.
-        while self._seq + 1 - self._oldest_unanswered >= self._max_in_flight:
+        while not self._session.has_room(self._max_in_flight):
             waiter = asyncio.get_running_loop().create_future()
             self._window_waiters.append(waiter)
             await waiter
-        self._seq += 1  # a retry of this write reuses the number: the cluster applies it once
-        seq = self._seq
-        self._unanswered.add(seq)
+        session = self._session
+        seq = session.take()  # a retry of this write reuses the number: applied once
         # `ack`: every write below the lowest unanswered one has had its answer
-        body["client"], body["seq"], body["ack"] = self.client_id, seq, self._oldest_unanswered
+        body["client"], body["seq"], body["ack"] = session.client_id, seq, session.oldest
         try:
             return await self._call(kind, body)
         finally:  # no await in here: a cancellation cannot skip waking the waiters
-            self._unanswered.discard(seq)
-            if seq == self._oldest_unanswered:
-                oldest = seq + 1
-                while oldest <= self._seq and oldest not in self._unanswered:
-                    oldest += 1
-                self._oldest_unanswered = oldest
+            session.answered(seq)
             if self._window_waiters:
                 waiters, self._window_waiters = self._window_waiters, []
                 for waiter in waiters:

@@ -17,7 +17,14 @@ import zmq
 
 from caddy.config import ClusterConfig, load_topology
 from caddy.errors import Unavailable, WireError
-from caddy.request_policy import RequestFailed, RequestPolicy, answer_body, decisive, leader_of
+from caddy.request_policy import (
+    RequestFailed,
+    RequestPolicy,
+    SessionExpired,
+    answer_body,
+    decisive,
+    leader_of,
+)
 from caddy.wire import Codec, Envelope
 
 __all__ = [
@@ -81,6 +88,16 @@ class Client:
         return leader_of(self.statuses())
 
     def _write(self, kind: str, body: dict[str, Any]) -> Any:
+        try:
+            return self._write_in_session(kind, body)
+        except SessionExpired as expired:
+            if expired.retried:
+                raise
+            # The cluster applied nothing: the same write opens a new session.
+            self.client_id, self._seq = uuid.uuid4().hex, 0
+            return self._write_in_session(kind, body)
+
+    def _write_in_session(self, kind: str, body: dict[str, Any]) -> Any:
         self._seq += 1  # a retry of this write reuses the number: the cluster applies it once
         return self._call(
             kind, {**body, "client": self.client_id, "seq": self._seq, "ack": self._seq}

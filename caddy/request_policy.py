@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from caddy.errors import CaddyError, Timeout, Unavailable
+from caddy.replication.state_machine import ErrorCode
 from caddy.wire import Envelope
 
 ATTEMPT_TIMEOUT_S = 0.25  # after this long without an answer, ask every node
@@ -18,6 +19,19 @@ NO_LEADER_BACKOFF_S = 0.02  # an election is under way: ask again shortly
 
 class RequestFailed(CaddyError):
     """The node answered with an error that retrying cannot fix (a malformed request)."""
+
+
+class SessionExpired(RequestFailed):
+    """The cluster keeps no session for this client any more (idle past the session TTL of log
+    time, or evicted), so it cannot tell a retry from a new write and applied nothing. The client
+    continues under a new session. `retried`: the write had been sent before, and an earlier
+    attempt may have been applied: its outcome is unknown."""
+
+    def __init__(self, message: str, retried: bool) -> None:
+        if retried:
+            message += "; the write was sent more than once: its outcome is unknown"
+        super().__init__(message)
+        self.retried = retried
 
 
 @dataclass(slots=True)
@@ -35,12 +49,14 @@ class RequestPolicy:
     backoff: float = 0.0  # how long to pause before the next attempt
     served_by: str | None = None
     value: Any = None
+    attempts: int = 0  # made so far
 
     def attempt(self, now: float) -> tuple[list[str], float] | None:
         """The nodes to ask and how long to wait for them; None once the deadline passed."""
         remaining = self.deadline - now
         if remaining <= 0:
             return None
+        self.attempts += 1
         asked = [self.target] if self.target is not None else list(self.node_ids)
         return asked, min(remaining, ATTEMPT_TIMEOUT_S)
 
@@ -60,7 +76,10 @@ class RequestPolicy:
                 self.served_by, self.value = node, answer.body.get("value")
                 return True
             if not retryable(answer):
-                raise RequestFailed(str(answer.body.get("error", answer.kind)))
+                error = str(answer.body.get("error", answer.kind))
+                if answer.body.get("code") == ErrorCode.SESSION_EXPIRED:
+                    raise SessionExpired(error, retried=self.attempts > 1)
+                raise RequestFailed(error)
         hints = {answer.body.get("leader") for answer in replies.values()}
         hinted = [node for node in hints if node in self.node_ids and node not in asked]
         self.target = hinted[0] if len(hinted) == 1 else None

@@ -80,6 +80,7 @@ def result_reply(result: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(result, dict) and result.get("ok") is False:
         return "kv.error", {
             "error": f"{result.get('error')}: {result.get('detail')}",
+            "code": result.get("error"),  # the ErrorCode, for clients to act on
             "retry": False,
         }
     if isinstance(result, dict) and result.get("ok") is True:

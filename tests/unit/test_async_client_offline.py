@@ -14,9 +14,12 @@ import zmq
 
 import caddy.async_client
 from caddy.async_client import AsyncClient
-from caddy.client import socket_options
+from caddy.client import Client, socket_options
 from caddy.config import load_topology
 from caddy.errors import Timeout, Unavailable, WireError
+from caddy.replication.kv import KeyValueStore
+from caddy.replication.requests import parse_request, result_reply, writes_entry
+from caddy.replication.sessions import SessionStateMachine
 from caddy.wire import BATCH_KIND, REPLIES_KIND, Codec
 from tests.harness import write_topology
 
@@ -263,3 +266,60 @@ def test_statuses_wait_for_the_nodes_that_answer_when_another_ones_queue_is_full
     finally:
         for node in nodes:
             node.close()
+
+
+class SessionNode:
+    """A FakeNode that applies writes to a real session state machine, one per request, with
+    room for one session only: another client's write evicts ours."""
+
+    def __init__(self, config):
+        self.machine = SessionStateMachine(KeyValueStore(), max_sessions=1)
+        self.node = FakeNode(config, "n1", self.answer)
+
+    def answer(self, body):
+        kind = "kv.put" if "value" in body else "kv.delete"
+        [result] = self.machine.apply_batch(writes_entry([parse_request(kind, body)], 1))
+        return result_reply(result)
+
+    def evict(self):
+        self.answer({"key": "other", "value": 0, "client": "another", "seq": 1, "ack": 1})
+
+
+@pytest.fixture
+def session_node(tmp_path):
+    config = load_topology(write_topology(tmp_path, 1))
+    node = SessionNode(config)
+    yield config, node
+    node.node.close()
+
+
+def test_async_writes_go_on_in_a_new_session_when_the_cluster_dropped_the_old_one(session_node):
+    config, node = session_node
+
+    async def scenario():
+        async with AsyncClient(config, timeout=2.0) as client:
+            with pytest.raises(WireError):
+                await client.put("k", {1, 2})  # never sent: seq 1 is answered by the client
+            await client.put("k", 1)  # seq 2, ack 2: unknown to the cluster
+            first_session = client.client_id
+            node.evict()
+            await asyncio.gather(*(client.put(f"k{i}", i) for i in range(5)))
+            return first_session, client.client_id
+
+    first_session, last_session = asyncio.run(scenario())
+    assert first_session != last_session
+    assert [node.machine.inner.read(f"k{i}") for i in range(5)] == list(range(5))
+    assert node.machine.inner.read("k") == 1
+
+
+def test_sync_writes_go_on_in_a_new_session_when_the_cluster_dropped_the_old_one(session_node):
+    config, node = session_node
+    with Client(config, timeout=2.0) as client:
+        with pytest.raises(WireError):
+            client.put("k", {1, 2})
+        client.put("k", 1)
+        first_session = client.client_id
+        node.evict()
+        assert client.delete("k") is True
+        assert client.client_id != first_session
+    assert node.machine.inner.read("k") is None

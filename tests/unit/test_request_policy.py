@@ -8,6 +8,7 @@ from caddy.request_policy import (
     NO_LEADER_BACKOFF_S,
     RequestFailed,
     RequestPolicy,
+    SessionExpired,
     answer_body,
     leader_of,
 )
@@ -58,6 +59,22 @@ def test_an_answer_no_retry_can_change_fails_the_request():
     course = policy("n1")
     with pytest.raises(RequestFailed, match="bad key"):
         course.settle(["n1"], {"n1": answer("kv.error", error="bad key", retry=False)})
+
+
+def test_session_expired_says_whether_the_write_had_been_sent_before():
+    expired = answer("kv.error", error="session_expired: x", code="session_expired", retry=False)
+    first = policy("n1")
+    first.attempt(0.0)
+    with pytest.raises(SessionExpired) as raised:
+        first.settle(["n1"], {"n1": expired})
+    assert raised.value.retried is False
+    again = policy("n1")
+    again.attempt(0.0)
+    assert not again.settle(["n1"], {"n1": None})  # silence: maybe applied, maybe not
+    again.attempt(0.3)
+    with pytest.raises(SessionExpired, match="outcome is unknown") as raised:
+        again.settle(list(NODES), {"n1": expired, "n2": None, "n3": None})
+    assert raised.value.retried is True
 
 
 def test_the_deadline_ends_the_course_with_the_right_error():
