@@ -111,7 +111,10 @@ class _Expiries:
     timer_slot: int = 0
 
     def add(self, when: float, attempt: _Attempt) -> None:
-        """Settle `attempt` at about `when` (on the running loop's clock) if it still waits."""
+        """Settle `attempt` at about `when` (on the running loop's clock) if it still waits; an
+        infinite `when` (a client made with timeout=math.inf) never comes."""
+        if math.isinf(when):
+            return
         slot = math.ceil(when / EXPIRY_SLOT_S)
         if (due := self.due.get(slot)) is not None:
             due.append(attempt)

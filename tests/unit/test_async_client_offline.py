@@ -6,6 +6,7 @@ unanswered write (the cluster keeps only that many answers).
 """
 
 import asyncio
+import math
 import threading
 import time
 
@@ -323,3 +324,14 @@ def test_sync_writes_go_on_in_a_new_session_when_the_cluster_dropped_the_old_one
         assert client.delete("k") is True
         assert client.client_id != first_session
     assert node.machine.inner.read("k") is None
+
+
+def test_a_client_without_a_deadline_waits_for_its_answers(one_node):
+    config, node = one_node
+
+    async def scenario():
+        async with AsyncClient(config, timeout=math.inf) as client:
+            return await client.status("n1"), await client.get("ab")
+
+    status, value = asyncio.run(scenario())
+    assert status["state"] == "leader" and value == "abab"
