@@ -14,7 +14,7 @@ import pykka
 
 from actors.client_endpoint import ClientEndpointActor
 from actors.gossip_actor import GossipActor
-from actors.raft_actor import RaftActor
+from actors.raft_actor import RaftActor, ReadRouters
 from actors.status_board import StatusBoard
 from actors.ticker import Ticker
 from actors.transport import Transport
@@ -62,6 +62,7 @@ class ClusterManager:
         self._actors.append(endpoint)
         self.transport.register("client", endpoint.tell)
         self.transport.start()
+        self._raft.tell(ReadRouters(self._raft.tell))
         self.ticker.start()
         self._running = True
         log.info(

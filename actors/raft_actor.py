@@ -14,6 +14,7 @@ from typing import Any
 
 import pykka
 
+from actors.reading_inbox import ReadingInbox
 from actors.status_board import RaftStatus, StatusBoard
 from actors.ticker import Tick
 from actors.transport import ClientRoute, Inbound, InboundBatch, Transport
@@ -43,6 +44,14 @@ MAX_MESSAGES_PER_READY = 512
 EXPIRY_CHECK_TICKS = 10
 # Writes proposed together share a log entry up to this size; a larger write gets its own.
 MAX_ENTRY_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRouters:
+    """Tell the Raft actor, once the transport runs, to read the routers on its own thread;
+    `handler` is what its `raft` and `kv` prefixes are registered with."""
+
+    handler: Any
 
 
 @dataclass(slots=True)
@@ -116,10 +125,16 @@ class RaftActor(pykka.ThreadingActor):
         self._unprocessed = 0
         self._publish_status()
 
+    @staticmethod
+    def _create_actor_inbox() -> ReadingInbox:
+        return ReadingInbox()
+
     # ----- mailbox ----------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Tick):
+        if isinstance(message, ReadRouters):
+            self.actor_inbox.read_from(self._transport, message.handler)
+        elif isinstance(message, Tick):
             self.core.tick()
             self._ticks += 1
             if self._ticks % EXPIRY_CHECK_TICKS == 0:
@@ -141,11 +156,13 @@ class RaftActor(pykka.ThreadingActor):
             self._process_ready()
 
     def on_stop(self) -> None:
+        self.actor_inbox.stop_reading()
         self._fail_pending("node stopping")
         self._storage.close()
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("node %s: raft actor failed: %s", self._node_id, exception_value)
+        self.actor_inbox.stop_reading()
         self._storage.close()
 
     def _on_inbound(self, inbound: Inbound) -> None:

@@ -1,7 +1,9 @@
 """The node's ZeroMQ I/O: one thread reads the peer and client ROUTERs and owns their sockets.
 
 Inbound frames are decoded, checked and handed to the handler registered for their kind's prefix
-(normally an actor's `tell`); a client's batch frame is handed on as the requests it carries.
+(normally an actor's `tell`); a client's batch frame is handed on as the requests it carries. An
+actor may read the routers on its own thread instead (`attach_reader`: the Raft actor does), with
+this thread standing in while it is busy.
 Outbound frames leave from whichever thread sends them, under a lock per socket (peer DEALERs are
 send-only; the client ROUTER's lock is shared with the reader), which saves a thread wake-up per
 message on the replication and reply paths.
@@ -9,7 +11,6 @@ message on the replication and reply paths.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import itertools
@@ -50,6 +51,7 @@ SOCKET_LIMIT_FACTOR = 2
 # would cost each monitor a mailbox check.
 HOUSEKEEPING_MS = 20
 DRAIN_BATCH = 256  # messages taken from one socket per wake-up, so one cannot starve the others
+READER_STANDIN_MS = 20  # an attached reader busy for longer: the I/O thread reads in its place
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
@@ -169,7 +171,6 @@ class Transport:
         self._context = context or zmq.Context.instance()
         self._handlers: dict[str, Handler] = {}
         self._batched: set[Handler] = set()
-        self._batches: dict[Handler, list[Inbound]] = {}  # collected during one drain
         # (peer, kind, body) sent before the sockets were open; deque appends/pops are atomic.
         self._outbox: deque[tuple[str, str, Mapping[str, Any]]] = deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -184,8 +185,15 @@ class Transport:
         self._woken_at = 0.0  # when the I/O thread last woke: the arrival time of what it reads
         self._client_sent = False  # the client router was sent on since its last failed receive
         self._client_lock = threading.Lock()  # replies leave from the actors' threads
-        self._peer_router_lock = contextlib.nullcontext()  # only the I/O thread touches it
+        self._peer_router_lock = threading.Lock()  # the I/O thread, or an attached reader
+        # An actor's thread that reads the routers itself (see `attach_reader`), saving the
+        # hand-over from this thread to it for every message it handles.
+        self._reader: Handler | None = None
+        self._reader_wake: Callable[[], None] = lambda: None
+        self._reader_thread: int | None = None
+        self._reader_busy_since: float | None = None  # None: waiting for input
         self._client_open = False
+        self._routers_open = False  # under both router locks once open
         self.dropped: Counter[str] = Counter()  # inbound drops by reason (outbound: PeerStats)
         self.closed_connections = 0  # inbound connections closed, by their peer or by ZeroMQ
         self.started_at = time.monotonic()
@@ -278,7 +286,10 @@ class Transport:
             self._count_drop("reply-undeliverable", undeliverable)
         if input_waiting:
             self._client_sent = True
-            if not on_io_thread:
+            if self._reader is not None:
+                if threading.get_ident() != self._reader_thread:  # it drains before it waits
+                    self._reader_wake()
+            elif not on_io_thread:
                 self._wake()
 
     def _encode_replies(
@@ -306,6 +317,49 @@ class Transport:
         except WireError as error:
             log.error("node %s: cannot encode reply %s: %s", self.node_id, kind, error)
             self._count_drop("reply-unencodable")
+
+    def attach_reader(self, handler: Handler, wake: Callable[[], None]) -> tuple[int, int]:
+        """Let the calling thread read the routers from now on, through `read()`; returns their
+        ZMQ_FDs to wait on. Messages for `handler` come back from `read()` instead of through it.
+        Call after `start()`; `wake()` must make the reader call `read()` soon. While the reader
+        is busy for longer than READER_STANDIN_MS the I/O thread reads in its place, delivering
+        through `handler`, so that nothing waits on a long fsync or snapshot."""
+        self._reader_wake = wake
+        self._reader_thread = threading.get_ident()
+        self._reader_busy_since = time.monotonic()
+        self._reader = handler
+        self._wake()  # the I/O thread stops polling the routers
+        return self._peer_router.get(zmq.FD), self._client_router.get(zmq.FD)
+
+    def detach_reader(self) -> None:
+        """The I/O thread reads the routers again."""
+        self._reader = None
+        self._wake()
+
+    def read(self) -> list[Inbound] | None:
+        """For the attached reader: drain both routers; the messages for its handler, in order
+        (the others are delivered to their handlers). Empty: wait on the FDs, then call again.
+        None: the transport stopped, there is nothing more to read."""
+        if not self._routers_open:
+            return None
+        handler = self._reader
+        batches: dict[Handler, list[Inbound]] = {}
+        self._woken_at = self._reader_busy_since = time.monotonic()
+        try:
+            self._drain_router(self._peer_router, batches, from_client=False)
+            self._drain_router(self._client_router, batches, from_client=True)
+        finally:
+            mine = batches.pop(handler, []) if handler is not None else []
+            self._flush_batches(batches)
+        return mine
+
+    def reader_waits(self) -> None:
+        """The reader is about to sleep on the FDs (after a `read()` that found nothing)."""
+        self._reader_busy_since = None
+
+    def _reader_stalled(self, now: float) -> bool:
+        busy_since = self._reader_busy_since
+        return busy_since is not None and now - busy_since > READER_STANDIN_MS / 1000
 
     def peer_stats(self) -> dict[str, PeerStats]:
         now = time.monotonic()
@@ -391,6 +445,7 @@ class Transport:
             self._peers[peer.id] = _Peer(PeerStats(peer.id, peer.address), dealer, monitor)
         with self._client_lock:
             self._client_open = True
+        self._routers_open = True
         self._sockets_open = True
 
     def _close_sockets(self) -> None:
@@ -411,8 +466,10 @@ class Transport:
             monitor.close(0)
         for peer in self._peers.values():
             peer.monitor.close(0)
-        for sock in sockets:
-            sock.close(0)
+        with self._peer_router_lock, self._client_lock:  # an attached reader may be reading
+            self._routers_open = False
+            for sock in sockets:
+                sock.close(0)
 
     def _loop(self) -> None:
         """Sleep in poll(2) on the routers' ZMQ_FDs and the wake-up eventfd, then do the work.
@@ -442,12 +499,25 @@ class Transport:
         next_housekeeping = next_heartbeat = now
         peer_more = client_more = True  # look at both routers before the first sleep
         peer_fired = client_fired = False
+        reading = True  # whether this thread reads the routers (no reader attached)
         while not self._stopping.is_set():
-            if peer_fired or peer_more:
-                peer_more = self._drain_router(self._peer_router, from_client=False)
-            if client_fired or client_more or self._client_sent:
-                client_more = self._drain_router(self._client_router, from_client=True)
-            if peer_more or client_more or self._client_sent:
+            if reading != (self._reader is None):  # a reader came or went
+                reading = self._reader is None
+                for fd in (peer_fd, client_fd):
+                    if reading:
+                        traffic.register(fd, select.POLLIN)
+                    else:
+                        traffic.unregister(fd)
+                peer_more = client_more = reading
+            if reading:
+                if peer_fired or peer_more:
+                    peer_more = self._drain_and_deliver(self._peer_router, from_client=False)
+                if client_fired or client_more or self._client_sent:
+                    client_more = self._drain_and_deliver(self._client_router, from_client=True)
+            elif self._reader_stalled(now):  # stand in, so that gossip and clients get answers
+                self._drain_and_deliver(self._peer_router, from_client=False)
+                self._drain_and_deliver(self._client_router, from_client=True)
+            if reading and (peer_more or client_more or self._client_sent):
                 timeout_ms = 0.0
             else:
                 timeout_ms = max(0.0, (next_housekeeping - now) * 1000)
@@ -512,7 +582,9 @@ class Transport:
             stats.bytes_out += len(frame)
         return True
 
-    def _drain_router(self, router: zmq.Socket, *, from_client: bool) -> bool:
+    def _drain_router(
+        self, router: zmq.Socket, batches: dict[Handler, list[Inbound]], *, from_client: bool
+    ) -> bool:
         """Take what is queued, up to a batch; True when the bound stopped it, as more may wait.
 
         Receiving until EAGAIN is what re-arms the edge-triggered ZMQ_FD; a failed receive also
@@ -520,33 +592,44 @@ class Transport:
         before every receive instead costs a system call per message.
         """
         lock = self._client_lock if from_client else self._peer_router_lock
-        try:
-            for _ in range(DRAIN_BATCH):
-                with lock:
-                    if from_client:
-                        self._client_sent = False  # the failed receive covers earlier sends
-                    try:
-                        identity = router.recv(_NOBLOCK)  # a ROUTER's first frame: the sender
-                    except zmq.Again:
-                        return False
-                    frame = router.recv(_NOBLOCK, copy=False)  # a Frame tells `more` cheaply
-                    extra_frames = frame.more
-                    while frame.more:
-                        frame = router.recv(_NOBLOCK, copy=False)
-                if extra_frames:
-                    self._count_drop("frame-count")
-                    continue
-                self._on_frame(identity, frame.bytes, from_client)
-            return True
-        finally:
-            self._flush_batches()
+        for _ in range(DRAIN_BATCH):
+            with lock:
+                if not self._routers_open:  # closed by stop(): an attached reader finds nothing
+                    return False
+                if from_client:
+                    self._client_sent = False  # the failed receive covers earlier sends
+                try:
+                    identity = router.recv(_NOBLOCK)  # a ROUTER's first frame: the sender
+                except zmq.Again:
+                    return False
+                frame = router.recv(_NOBLOCK, copy=False)  # a Frame tells `more` cheaply
+                extra_frames = frame.more
+                while frame.more:
+                    frame = router.recv(_NOBLOCK, copy=False)
+            if extra_frames:
+                self._count_drop("frame-count")
+                continue
+            self._on_frame(identity, frame.bytes, from_client, batches)
+        return True
 
-    def _flush_batches(self) -> None:
-        batches, self._batches = self._batches, {}
+    def _drain_and_deliver(self, router: zmq.Socket, *, from_client: bool) -> bool:
+        batches: dict[Handler, list[Inbound]] = {}
+        try:
+            return self._drain_router(router, batches, from_client=from_client)
+        finally:
+            self._flush_batches(batches)
+
+    def _flush_batches(self, batches: dict[Handler, list[Inbound]]) -> None:
         for handler, messages in batches.items():
             self._deliver(handler, InboundBatch(messages), messages[0].envelope.kind)
 
-    def _on_frame(self, identity: bytes, frame: bytes, from_client: bool) -> None:
+    def _on_frame(
+        self,
+        identity: bytes,
+        frame: bytes,
+        from_client: bool,
+        batches: dict[Handler, list[Inbound]],
+    ) -> None:
         if len(frame) > self._settings.max_message_bytes:
             self._count_drop("oversized")
             return
@@ -561,9 +644,10 @@ class Transport:
             return
         if from_client:
             if envelope.kind == BATCH_KIND:
-                self._dispatch_batch(identity, envelope)
+                self._dispatch_batch(identity, envelope, batches)
             else:
-                self._dispatch(Inbound(envelope, ClientRoute(identity, envelope.request_id)))
+                inbound = Inbound(envelope, ClientRoute(identity, envelope.request_id))
+                self._dispatch(inbound, batches)
             return
         peer = self._peers.get(envelope.sender)
         if peer is None:
@@ -574,25 +658,26 @@ class Transport:
         stats.msgs_in += 1
         stats.bytes_in += len(frame)
         if envelope.kind != HEARTBEAT_KIND:
-            self._dispatch(Inbound(envelope))
+            self._dispatch(Inbound(envelope), batches)
 
-    def _dispatch_batch(self, identity: bytes, batch: Envelope) -> None:
+    def _dispatch_batch(
+        self, identity: bytes, batch: Envelope, batches: dict[Handler, list[Inbound]]
+    ) -> None:
         """Each well-formed request of a client's batch frame, as if it had come alone."""
         requests, dropped = unpack_batch(batch)
         for reason, count in dropped.items():
             self._count_drop(reason, count)
         for request in requests:
-            self._dispatch(
-                Inbound(request, ClientRoute(identity, request.request_id, batched=True))
-            )
+            route = ClientRoute(identity, request.request_id, batched=True)
+            self._dispatch(Inbound(request, route), batches)
 
-    def _dispatch(self, inbound: Inbound) -> None:
+    def _dispatch(self, inbound: Inbound, batches: dict[Handler, list[Inbound]]) -> None:
         kind = inbound.envelope.kind
         handler = self._handlers.get(kind.partition(".")[0])
         if handler is None:
             self._count_drop("unknown-kind")
         elif handler in self._batched:
-            self._batches.setdefault(handler, []).append(inbound)
+            batches.setdefault(handler, []).append(inbound)
         else:
             self._deliver(handler, inbound, kind)
 
