@@ -156,7 +156,7 @@ class ReplicationSettings:
     batch_entries: int = 1000
     batch_delay_ms: int = _setting(10, minimum=0)  # 0: propose as soon as a command arrives
     compression: bool = True
-    compression_threshold_bytes: int = _setting(4096, minimum=0)
+    compression_threshold_bytes: int = _setting(65_536, minimum=0)
     snapshot_chunk_bytes: int = 1_048_576
 
 

@@ -114,7 +114,7 @@ def test_settings_defaults_are_the_documented_values() -> None:
         batch_entries=1000,
         batch_delay_ms=10,
         compression=True,
-        compression_threshold_bytes=4096,
+        compression_threshold_bytes=65_536,
         snapshot_chunk_bytes=1_048_576,
     )
     assert GossipSettings() == GossipSettings(
