@@ -346,8 +346,11 @@ class Transport:
         batches: dict[Handler, list[Inbound]] = {}
         self._woken_at = self._reader_busy_since = time.monotonic()
         try:
-            self._drain_router(self._peer_router, batches, from_client=False)
-            self._drain_router(self._client_router, batches, from_client=True)
+            while True:  # until both are drained (the ZMQ_FDs re-armed), or there is work for it
+                peer_more = self._drain_router(self._peer_router, batches, from_client=False)
+                client_more = self._drain_router(self._client_router, batches, from_client=True)
+                if not (peer_more or client_more) or handler in batches:
+                    break
         finally:
             mine = batches.pop(handler, []) if handler is not None else []
             self._flush_batches(batches)

@@ -120,3 +120,35 @@ def test_a_transport_stopped_under_its_reader_leaves_a_plain_queue(tmp_path):
     inbox.put("told")
     assert taken.get(timeout=10) == "told"
     assert transport.read() is None
+
+
+def test_a_flood_for_other_actors_reaches_them_while_the_reader_sleeps(pair):
+    """More than one drain's worth of messages for other handlers and none for the reader: the
+    reader must drain them all before it sleeps (the ZMQ_FD fires only for new input)."""
+    n1, n2, mine, other = pair
+    inbox = ReadingInbox()
+    attached = threading.Event()
+
+    def actor_thread():
+        inbox.read_from(n2, mine.put)
+        attached.set()
+        while inbox.get() != "stop":
+            pass
+        inbox.stop_reading()
+
+    thread = threading.Thread(target=actor_thread, daemon=True)
+    thread.start()
+    attached.wait(10)
+    send_until(n1, "other.first", lambda: not other.empty(), "n1 connected")
+    for n in range(1000):
+        n1.send("n2", "other.flood", {"n": n})
+    arrived = []
+
+    def all_arrived():
+        while not other.empty():
+            arrived.append(other.get())
+        return sum(m.envelope.kind == "other.flood" for m in arrived) == 1000
+
+    wait_until(all_arrived, 10, "every flood message delivered")
+    inbox.put("stop")
+    thread.join(10)
