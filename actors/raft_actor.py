@@ -14,7 +14,7 @@ from typing import Any
 
 import pykka
 
-from actors.reading_inbox import ReadingInbox
+from actors.reading_inbox import ReadFailed, ReadingInbox
 from actors.status_board import RaftStatus, StatusBoard
 from actors.ticker import Tick
 from actors.transport import ClientRoute, Inbound, InboundBatch, Transport
@@ -134,6 +134,8 @@ class RaftActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ReadRouters):
             self.actor_inbox.read_from(self._transport, message.handler)
+        elif isinstance(message, ReadFailed):
+            raise message.error
         elif isinstance(message, Tick):
             self.core.tick()
             self._ticks += 1

@@ -24,6 +24,15 @@ class _Delivery:
     reply_to: None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReadFailed:
+    """Delivered when reading the sockets raised: the actor should raise `error` in
+    `on_receive`, so that pykka's failure handling runs (an exception from the inbox itself
+    would end the actor's thread without it)."""
+
+    error: BaseException
+
+
 class ReadingInbox(queue.Queue):
     """pykka's inbox (a Queue) for an actor that, once `read_from(transport)` ran on its thread,
     reads the transport's routers whenever its queue is empty: the messages for it come back as
@@ -38,11 +47,16 @@ class ReadingInbox(queue.Queue):
         self._sleeping = False
 
     def read_from(self, transport: Transport, handler: Any) -> None:
-        """Take over reading `transport`'s routers for `handler` (call on the actor's thread)."""
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        """Take over reading `transport`'s routers for `handler` (call on the actor's thread);
+        nothing happens if the transport is not running."""
+        with self._wake_lock:
+            self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fds = transport.attach_reader(handler, self.wake)
+        if fds is None:
+            self._close_wake_fd()
+            return
         self._poll = select.poll()
-        self._poll.register(self._wake_fd, select.POLLIN)
-        for fd in transport.attach_reader(handler, self.wake):
+        for fd in (self._wake_fd, *fds):
             self._poll.register(fd, select.POLLIN)
         self._transport = transport
 
@@ -52,9 +66,13 @@ class ReadingInbox(queue.Queue):
             return
         self._transport.detach_reader()
         self._transport = None
+        self._close_wake_fd()
+
+    def _close_wake_fd(self) -> None:
         with self._wake_lock:
-            os.close(self._wake_fd)
-            self._wake_fd = -1
+            if self._wake_fd >= 0:
+                os.close(self._wake_fd)
+                self._wake_fd = -1
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
@@ -71,11 +89,18 @@ class ReadingInbox(queue.Queue):
         if transport is None or not block or timeout is not None:
             return super().get(block, timeout)
         while True:
-            try:
-                return super().get(block=False)  # told messages first: they are older
-            except queue.Empty:
-                pass
-            inbound = transport.read()
+            # Under the drain lock a stand-in's batch (older than what the routers hold now) is
+            # already in the queue, and told messages go first.
+            with transport.drain_lock:
+                try:
+                    return super().get(block=False)
+                except queue.Empty:
+                    pass
+                try:
+                    inbound = transport.read()
+                except Exception as error:  # let the actor fail the way pykka knows
+                    self.stop_reading()
+                    return _Delivery(ReadFailed(error))
             if inbound is None:  # the transport stopped before this actor
                 self.stop_reading()
                 return super().get()
@@ -87,8 +112,9 @@ class ReadingInbox(queue.Queue):
                 continue
             transport.reader_waits()
             self._poll.poll()
+            transport.reader_wakes()
             self._sleeping = False
             try:
                 os.eventfd_read(self._wake_fd)
-            except BlockingIOError:
+            except (BlockingIOError, OSError):
                 pass

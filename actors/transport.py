@@ -174,6 +174,7 @@ class Transport:
         # (peer, kind, body) sent before the sockets were open; deque appends/pops are atomic.
         self._outbox: deque[tuple[str, str, Mapping[str, Any]]] = deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_fd_lock = threading.Lock()
         self._wake_pending = False
         self._stopping = threading.Event()
         self._ready = threading.Event()
@@ -192,6 +193,10 @@ class Transport:
         self._reader_wake: Callable[[], None] = lambda: None
         self._reader_thread: int | None = None
         self._reader_busy_since: float | None = None  # None: waiting for input
+        # Held through a drain and the delivery of what it read, so that a reader never reads
+        # newer messages while a stand-in still holds older ones (one peer's order is kept).
+        self.drain_lock = threading.Lock()
+        self._router_fds: tuple[int, int] = (-1, -1)
         self._client_open = False
         self._routers_open = False  # under both router locks once open
         self.dropped: Counter[str] = Counter()  # inbound drops by reason (outbound: PeerStats)
@@ -227,7 +232,10 @@ class Transport:
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        os.close(self._wake_fd)
+        with self._wake_fd_lock:
+            if self._wake_fd >= 0:
+                os.close(self._wake_fd)
+                self._wake_fd = -1
 
     # ----- what other threads call ------------------------------------------------------------
 
@@ -318,18 +326,21 @@ class Transport:
             log.error("node %s: cannot encode reply %s: %s", self.node_id, kind, error)
             self._count_drop("reply-unencodable")
 
-    def attach_reader(self, handler: Handler, wake: Callable[[], None]) -> tuple[int, int]:
+    def attach_reader(self, handler: Handler, wake: Callable[[], None]) -> tuple[int, int] | None:
         """Let the calling thread read the routers from now on, through `read()`; returns their
-        ZMQ_FDs to wait on. Messages for `handler` come back from `read()` instead of through it.
-        Call after `start()`; `wake()` must make the reader call `read()` soon. While the reader
-        is busy for longer than READER_STANDIN_MS the I/O thread reads in its place, delivering
-        through `handler`, so that nothing waits on a long fsync or snapshot."""
+        ZMQ_FDs to wait on (None: the transport is not running). Messages for `handler` come
+        back from `read()` instead of through it; `wake()` must make the reader call `read()`
+        soon. While the reader is busy for longer than READER_STANDIN_MS the I/O thread reads in
+        its place, delivering through `handler`, so that nothing waits on a long fsync or
+        snapshot. The reader holds `drain_lock` around looking at its queue and `read()`."""
+        if not self._routers_open:
+            return None
         self._reader_wake = wake
         self._reader_thread = threading.get_ident()
         self._reader_busy_since = time.monotonic()
         self._reader = handler
         self._wake()  # the I/O thread stops polling the routers
-        return self._peer_router.get(zmq.FD), self._client_router.get(zmq.FD)
+        return self._router_fds
 
     def detach_reader(self) -> None:
         """The I/O thread reads the routers again."""
@@ -337,14 +348,14 @@ class Transport:
         self._wake()
 
     def read(self) -> list[Inbound] | None:
-        """For the attached reader: drain both routers; the messages for its handler, in order
-        (the others are delivered to their handlers). Empty: wait on the FDs, then call again.
-        None: the transport stopped, there is nothing more to read."""
+        """For the attached reader, holding `drain_lock`: drain both routers; the messages for
+        its handler, in order (the others are delivered to their handlers). Empty: wait on the
+        FDs (`reader_waits`), then call again. None: the transport stopped."""
         if not self._routers_open:
             return None
         handler = self._reader
         batches: dict[Handler, list[Inbound]] = {}
-        self._woken_at = self._reader_busy_since = time.monotonic()
+        self._woken_at = time.monotonic()
         try:
             while True:  # until both are drained (the ZMQ_FDs re-armed), or there is work for it
                 peer_more = self._drain_router(self._peer_router, batches, from_client=False)
@@ -359,6 +370,10 @@ class Transport:
     def reader_waits(self) -> None:
         """The reader is about to sleep on the FDs (after a `read()` that found nothing)."""
         self._reader_busy_since = None
+
+    def reader_wakes(self) -> None:
+        """The reader woke and is busy until its next `reader_waits` (the stand-in's clock)."""
+        self._reader_busy_since = time.monotonic()
 
     def _reader_stalled(self, now: float) -> bool:
         busy_since = self._reader_busy_since
@@ -388,10 +403,9 @@ class Transport:
         # Coalesce wake-ups: the I/O thread clears the flag before draining the queue.
         if not self._wake_pending:
             self._wake_pending = True
-            try:
-                os.eventfd_write(self._wake_fd, 1)
-            except OSError:  # closed after stop(); nothing left to wake
-                pass
+            with self._wake_fd_lock:  # never a write to a closed (maybe reused) descriptor
+                if self._wake_fd >= 0:
+                    os.eventfd_write(self._wake_fd, 1)
 
     def _run(self) -> None:
         self._io_thread_id = threading.get_ident()
@@ -448,6 +462,7 @@ class Transport:
             self._peers[peer.id] = _Peer(PeerStats(peer.id, peer.address), dealer, monitor)
         with self._client_lock:
             self._client_open = True
+        self._router_fds = (self._peer_router.get(zmq.FD), self._client_router.get(zmq.FD))
         self._routers_open = True
         self._sockets_open = True
 
@@ -463,14 +478,14 @@ class Transport:
         routers = [getattr(self, name, None) for name in ("_peer_router", "_client_router")]
         sockets = [sock for sock in routers if sock is not None]
         sockets += [peer.socket for peer in self._peers.values()]
-        for sock in sockets:
-            sock.disable_monitor()
-        for monitor in getattr(self, "_router_monitors", []):
-            monitor.close(0)
-        for peer in self._peers.values():
-            peer.monitor.close(0)
         with self._peer_router_lock, self._client_lock:  # an attached reader may be reading
             self._routers_open = False
+            for sock in sockets:
+                sock.disable_monitor()
+            for monitor in getattr(self, "_router_monitors", []):
+                monitor.close(0)
+            for peer in self._peers.values():
+                peer.monitor.close(0)
             for sock in sockets:
                 sock.close(0)
 
@@ -512,14 +527,21 @@ class Transport:
                     else:
                         traffic.unregister(fd)
                 peer_more = client_more = reading
+                if not reading:  # this thread's last drain may have taken the FDs' signal
+                    self._reader_wake()
             if reading:
-                if peer_fired or peer_more:
-                    peer_more = self._drain_and_deliver(self._peer_router, from_client=False)
-                if client_fired or client_more or self._client_sent:
-                    client_more = self._drain_and_deliver(self._client_router, from_client=True)
-            elif self._reader_stalled(now):  # stand in, so that gossip and clients get answers
-                self._drain_and_deliver(self._peer_router, from_client=False)
-                self._drain_and_deliver(self._client_router, from_client=True)
+                with self.drain_lock:
+                    if peer_fired or peer_more:
+                        peer_more = self._drain_and_deliver(self._peer_router, from_client=False)
+                    if client_fired or client_more or self._client_sent:
+                        client_more = self._drain_and_deliver(self._client_router, from_client=True)
+            elif self._reader_stalled(now) and self.drain_lock.acquire(blocking=False):
+                try:  # stand in, so that gossip and clients get answers
+                    self._drain_and_deliver(self._peer_router, from_client=False)
+                    self._drain_and_deliver(self._client_router, from_client=True)
+                finally:
+                    self.drain_lock.release()
+                self._reader_wake()  # the drain took the FDs' signal: the reader looks again
             if reading and (peer_more or client_more or self._client_sent):
                 timeout_ms = 0.0
             else:
