@@ -355,7 +355,8 @@ class Transport:
             return None
         handler = self._reader
         batches: dict[Handler, list[Inbound]] = {}
-        self._woken_at = time.monotonic()
+        # Reading counts as keeping up: the stand-in is for a reader that has not read lately.
+        self._woken_at = self._reader_busy_since = time.monotonic()
         try:
             while True:  # until both are drained (the ZMQ_FDs re-armed), or there is work for it
                 peer_more = self._drain_router(self._peer_router, batches, from_client=False)
@@ -372,7 +373,8 @@ class Transport:
         self._reader_busy_since = None
 
     def reader_wakes(self) -> None:
-        """The reader woke and is busy until its next `reader_waits` (the stand-in's clock)."""
+        """The reader woke: from now on it is busy, until it reads or waits again (the stand-in
+        steps in when it has done neither for READER_STANDIN_MS)."""
         self._reader_busy_since = time.monotonic()
 
     def _reader_stalled(self, now: float) -> bool:
