@@ -43,7 +43,7 @@ class ReadingInbox(queue.Queue):
         self._transport: Transport | None = None
         self._wake_fd = -1  # an eventfd while reading
         self._wake_lock = threading.Lock()  # no wake() writes to a closed (reused) descriptor
-        self._poll = select.poll()
+        self._poll = select.poll()  # the eventfd and the routers' FDs, once reading
         self._sleeping = False
 
     def read_from(self, transport: Transport, handler: Any) -> None:
@@ -55,7 +55,6 @@ class ReadingInbox(queue.Queue):
         if fds is None:
             self._close_wake_fd()
             return
-        self._poll = select.poll()
         for fd in (self._wake_fd, *fds):
             self._poll.register(fd, select.POLLIN)
         self._transport = transport
@@ -116,5 +115,5 @@ class ReadingInbox(queue.Queue):
             self._sleeping = False
             try:
                 os.eventfd_read(self._wake_fd)
-            except (BlockingIOError, OSError):
+            except OSError:  # nothing to read, or reading stopped and the eventfd is closed
                 pass
