@@ -428,9 +428,10 @@ def _entry_groups(
     groups: list[list[tuple[ClientRoute, ClientRequest]]] = [[]]
     size = 0
     for item in batch:
-        if groups[-1] and size + item[1].size > MAX_ENTRY_BYTES:
+        item_size = item[1].size
+        if groups[-1] and size + item_size > MAX_ENTRY_BYTES:
             groups.append([])
             size = 0
         groups[-1].append(item)
-        size += item[1].size
+        size += item_size
     return groups

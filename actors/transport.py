@@ -22,7 +22,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import pykka
@@ -62,18 +62,19 @@ _HANDSHAKE_FAILED = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ClientRoute:
+class ClientRoute(NamedTuple):
     """Where a client request came from, so that its response can be routed back. Answers to
-    requests that came in a batch frame go back together in `REPLIES_KIND` frames."""
+    requests that came in a batch frame go back together in `REPLIES_KIND` frames.
+
+    This, `Inbound` and `Envelope` are NamedTuples, as immutable as frozen dataclasses at under
+    half their construction cost: one of each is built for every client request."""
 
     identity: bytes
     request_id: int
     batched: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
+class Inbound(NamedTuple):
     """A decoded inbound message; `route` is set for client requests, None for peer messages."""
 
     envelope: Envelope

@@ -9,7 +9,7 @@ import zlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -32,9 +32,12 @@ BATCH_FIELDS = {BATCH_KIND: "requests", REPLIES_KIND: "replies"}
 MAX_BATCH_ITEMS = 256  # items of one batch frame; a receiver drops the rest
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One decoded message. `request_id` correlates a response with its request (0: none)."""
+class Envelope(NamedTuple):
+    """One decoded message. `request_id` correlates a response with its request (0: none).
+
+    A NamedTuple rather than a frozen dataclass: as immutable, at under half the construction
+    cost, and one is built for every message and every item of a batch frame.
+    """
 
     cluster: str
     sender: str
@@ -175,14 +178,17 @@ def _inflate(payload: Any, max_message_bytes: int) -> bytes:
 
 
 FieldType = type | tuple[type, ...]
+_ABSENT = object()
 
 
 def require_fields(body: Mapping[str, Any], schema: Mapping[str, FieldType]) -> None:
     """Check that `body` has every field of `schema` with the right type (bool is not an int)."""
     for name, expected in schema.items():
-        if name not in body:
+        value = body.get(name, _ABSENT)
+        if value is _ABSENT:
             raise WireError(f"missing field {name!r}")
-        value = body[name]
+        if type(value) is expected or expected is object:
+            continue  # the common case, in one test (every client request passes here)
         allowed = expected if isinstance(expected, tuple) else (expected,)
         if isinstance(value, bool) and bool not in allowed and object not in allowed:
             raise WireError(f"field {name!r} must be {_type_names(allowed)}, got bool")

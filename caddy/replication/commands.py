@@ -64,15 +64,24 @@ def _envelope_command(fields: Any) -> Command:
     return Command(client_id, seq, ack_below, log_time_ms, payload)
 
 
-def encode_batch(log_time_ms: int, commands: Sequence[tuple[str, int, int, bytes]]) -> bytes:
+def encode_batch(
+    log_time_ms: int,
+    commands: Sequence[Sequence[Any]],
+    *,
+    commands_checked: bool = False,
+) -> bytes:
     """The log entry data for writes proposed together, as (client_id, seq, ack_below, payload).
 
     One entry per batch rather than per write: every replica then stores, sends and decodes one
-    entry for many writes. Raises CommandError for invalid fields.
+    entry for many writes. Raises CommandError for invalid fields; `commands_checked` skips the
+    per-command check for commands that passed `check_command` already (any log time).
     """
-    for client_id, seq, ack_below, payload in commands:
-        check_command(client_id, seq, ack_below, log_time_ms, payload)
-    return _pack_checked([BATCH_VERSION, log_time_ms, [list(command) for command in commands]])
+    if type(log_time_ms) is not int or log_time_ms < 0:
+        raise CommandError("log_time_ms: expected a non-negative integer")
+    if not commands_checked:
+        for client_id, seq, ack_below, payload in commands:
+            check_command(client_id, seq, ack_below, log_time_ms, payload)
+    return _pack_checked([BATCH_VERSION, log_time_ms, commands])  # tuples pack as arrays too
 
 
 def decode_batch(data: bytes) -> tuple[int, list[Command | CommandError]]:

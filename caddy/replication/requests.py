@@ -6,19 +6,22 @@ Pure translation, so that the RaftActor holds no service logic; every field is c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from caddy.errors import CaddyError, WireError
 from caddy.replication.commands import CommandError, check_command, encode_batch, encode_kv
 from caddy.wire import require_fields
 
 READ_KIND = "kv.get"
+_READ_FIELDS = {"key": str}
 _SESSION_FIELDS = {"client": str, "seq": int, "ack": int}
 _WRITE_FIELDS: dict[str, dict[str, Any]] = {
-    "kv.put": {"key": str, "value": object},
-    "kv.delete": {"key": str},
-    "kv.cas": {"key": str, "expected": object, "new": object},
+    kind: {**fields, **_SESSION_FIELDS}
+    for kind, fields in {
+        "kv.put": {"key": str, "value": object},
+        "kv.delete": {"key": str},
+        "kv.cas": {"key": str, "expected": object, "new": object},
+    }.items()
 }
 
 
@@ -26,9 +29,10 @@ class RequestError(CaddyError):
     """A client request that is malformed; retrying it cannot help."""
 
 
-@dataclass(frozen=True, slots=True)
-class ClientRequest:
-    """One validated request. Writes carry the client's session (id, seq, acknowledged-below)."""
+class ClientRequest(NamedTuple):
+    """One validated request. Writes carry the client's session (id, seq, acknowledged-below).
+
+    A NamedTuple for the reason `caddy.replication.commands.Command` is one."""
 
     op: str  # get | put | delete | cas
     key: str
@@ -49,19 +53,20 @@ class ClientRequest:
 
 def writes_entry(writes: Sequence[ClientRequest], log_time_ms: int) -> bytes:
     """The log entry for writes proposed together, stamped with the leader's clock."""
-    return encode_batch(log_time_ms, [(w.client_id, w.seq, w.ack_below, w.payload) for w in writes])
+    commands = [(w.client_id, w.seq, w.ack_below, w.payload) for w in writes]
+    return encode_batch(log_time_ms, commands, commands_checked=True)  # by parse_request
 
 
 def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:
     """Validate a `kv.*` request; RequestError names what is wrong."""
     try:
         if kind == READ_KIND:
-            require_fields(body, {"key": str})
+            require_fields(body, _READ_FIELDS)
             return ClientRequest("get", body["key"])
         fields = _WRITE_FIELDS.get(kind)
         if fields is None:
             raise RequestError(f"unknown request {kind!r}")
-        require_fields(body, {**fields, **_SESSION_FIELDS})
+        require_fields(body, fields)
         if not body["client"] or body["seq"] < 1 or not 0 <= body["ack"] <= body["seq"]:
             raise RequestError("a write needs a client id, a seq >= 1 and 0 <= ack <= seq")
         op = kind.removeprefix("kv.")
