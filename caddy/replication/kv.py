@@ -17,6 +17,8 @@ from caddy.replication.state_machine import (
     ok_result,
 )
 
+_PUT, _DELETE = KvOp.PUT, KvOp.DELETE  # an Enum member lookup costs 80 ns; a global, 10
+
 
 class KeyValueStore(StateMachine):
     """A map from str keys to values msgpack carries (str, int, float, bool, None, bytes, lists,
@@ -37,15 +39,15 @@ class KeyValueStore(StateMachine):
 
     def apply(self, command: bytes) -> dict[str, Any]:
         try:
-            kv = decode_kv(command)
+            op, key, value, expected = decode_kv(command)
         except CommandError as error:
             return error_result(ErrorCode.INVALID, str(error))
-        if kv.op is KvOp.PUT:
-            self.put(kv.key, kv.value)
+        if op is _PUT:  # the common case first, without a call (this runs for every write)
+            self._data[key] = value
             return ok_result()
-        if kv.op is KvOp.DELETE:
-            return ok_result(self.delete(kv.key))
-        return ok_result(self.cas(kv.key, kv.expected, kv.value))
+        if op is _DELETE:
+            return ok_result(self.delete(key))
+        return ok_result(self.cas(key, expected, value))
 
     def read(self, key: str) -> Any:
         """The value under `key`, None when absent: a stored None reads like an absent key."""
