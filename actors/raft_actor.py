@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from caddy.raft.membership import MemberRole
 from caddy.raft.messages import Message
 from caddy.raft.node import RaftNode
 from caddy.raft.ready import SEND_BEFORE_PERSIST, Ready, StateRole
-from caddy.raft.types import EntryKind
+from caddy.raft.types import EntryKind, SnapshotMeta
 from caddy.replication.requests import (
     ClientRequest,
     RequestError,
@@ -52,6 +53,15 @@ class ReadRouters:
     `handler` is what its `raft` and `kv` prefixes are registered with."""
 
     handler: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotWritten:
+    """Told by the snapshot writer thread: the file of `meta` is durable, or writing it raised
+    `error`."""
+
+    meta: SnapshotMeta
+    error: BaseException | None
 
 
 @dataclass(slots=True)
@@ -123,6 +133,11 @@ class RaftActor(pykka.ThreadingActor):
         self._ticks = 0
         self._request_timeout_s = config.transport.request_timeout_ms / 1000
         self._unprocessed = 0
+        # The node's own snapshots are written to disk here, off the Raft thread: writing and
+        # syncing a large state takes longer than many rounds of replication.
+        self._snapshot_writer = ThreadPoolExecutor(1, thread_name_prefix=f"snapshot-{node_id}")
+        self._snapshot_writing: Future[None] | None = None
+        self._snapshot_wanted = False  # asked for while one was being written
         self._publish_status()
 
     @staticmethod
@@ -136,6 +151,8 @@ class RaftActor(pykka.ThreadingActor):
             self.actor_inbox.read_from(self._transport, message.handler)
         elif isinstance(message, ReadFailed):
             raise message.error
+        elif isinstance(message, SnapshotWritten):
+            self._on_snapshot_written(message)
         elif isinstance(message, Tick):
             self.core.tick()
             self._ticks += 1
@@ -160,11 +177,13 @@ class RaftActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self.actor_inbox.stop_reading()
         self._fail_pending("node stopping")
+        self._snapshot_writer.shutdown()  # a snapshot being written is finished first
         self._storage.close()
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("node %s: raft actor failed: %s", self._node_id, exception_value)
         self.actor_inbox.stop_reading()
+        self._snapshot_writer.shutdown()
         self._storage.close()
 
     def _on_inbound(self, inbound: Inbound) -> None:
@@ -273,6 +292,8 @@ class RaftActor(pykka.ThreadingActor):
     def _persist(self, ready: Ready) -> None:
         storage = self._storage
         if ready.snapshot is not None:
+            if self._snapshot_writing is not None:  # the leader's snapshot replaces our own
+                self._snapshot_writing.result()
             storage.save_snapshot(ready.snapshot.meta, ready.snapshot.data)
             if self.core.member_role is not MemberRole.WITNESS:
                 self._state_machine.restore(ready.snapshot.data)
@@ -375,14 +396,37 @@ class RaftActor(pykka.ThreadingActor):
             self._transport.reply_many(replies)
 
     def _take_snapshot(self) -> None:
+        """Snapshot the state machine and compact the in-memory log; the writer thread makes the
+        snapshot durable, and only then is the stored log cut (`_on_snapshot_written`)."""
+        if self._snapshot_writing is not None:
+            self._snapshot_wanted = True  # the core asks once: taken when this one is written
+            return
         applied = self.core.applied_index
         if applied <= self.core.log.snapshot.index:
             return
         witness = self.core.member_role is MemberRole.WITNESS
         data = b"" if witness else self._state_machine.snapshot()  # a witness only trims its log
         meta = self.core.compact(applied, data)
-        self._storage.save_snapshot(meta, data)
-        log.info("node %s: snapshot at index %d (%d bytes)", self._node_id, meta.index, len(data))
+        writing = self._snapshot_writer.submit(self._storage.write_snapshot, meta, data)
+        self._snapshot_writing = writing
+        writing.add_done_callback(lambda done: self._tell_written(meta, done))
+
+    def _tell_written(self, meta: SnapshotMeta, done: Future[None]) -> None:
+        """On the writer thread."""
+        try:
+            self.actor_ref.tell(SnapshotWritten(meta, done.exception()))
+        except pykka.ActorDeadError:  # stopping: the next start completes what was written
+            pass
+
+    def _on_snapshot_written(self, written: SnapshotWritten) -> None:
+        self._snapshot_writing = None
+        if written.error is not None:
+            raise written.error  # as if the write had failed on this thread
+        self._storage.cut_log_to_snapshot(written.meta)
+        log.info("node %s: snapshot at index %d written", self._node_id, written.meta.index)
+        if self._snapshot_wanted:
+            self._snapshot_wanted = False
+            self._take_snapshot()
 
     # ----- status and control -----------------------------------------------------------------
 

@@ -337,8 +337,10 @@ class RaftNode:
     def compact(self, applied_index: int, snapshot_data: bytes) -> SnapshotMeta:
         """The application snapshotted its state at `applied_index`: drop the log up to there.
 
-        Returns the snapshot metadata; the driver saves it with `storage.save_snapshot(meta, data)`.
-        A witness calls this with empty data to trim its log.
+        Returns the snapshot metadata; the driver saves it with `storage.save_snapshot(meta, data)`,
+        or writes the snapshot in the background and cuts the stored log once it is durable (the
+        log it keeps until then still covers everything). A witness calls this with empty data
+        to trim its log.
         """
         if not self.log.snapshot.index < applied_index <= self.log.applied:
             raise ValueError(

@@ -276,11 +276,27 @@ class SqliteLogStorage:
         Entries up to meta.index go; the ones after it go too unless the log holds meta.index
         with meta.term (a follower installing a leader's snapshot discards a conflicting log).
         """
+        self.write_snapshot(meta, data)
+        self._cut_log(meta)
+        self.sync()
+
+    def write_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Durably replace the snapshot file and leave the log alone (`cut_log_to_snapshot`
+        follows). It touches the file only, so it may run on another thread while this storage
+        is in use: never together with `save_snapshot`, `load` or another `write_snapshot`."""
         self._snapshot_file.write(meta, data)
+
+    def cut_log_to_snapshot(self, meta: SnapshotMeta) -> None:
+        """After `write_snapshot(meta, ...)`: drop the log it covers, durable at the next sync
+        (a crash before that completes the cut on the next start). A snapshot no newer than the
+        current one changes nothing: a newer one overtook it while it was being written."""
+        if meta.index > self._snapshot_index:
+            self._cut_log(meta)
+
+    def _cut_log(self, meta: SnapshotMeta) -> None:
         self._snapshot_index = meta.index
         with sqlite_errors_as_storage_errors("cutting the log to a snapshot"):
             self._fit_log_to_snapshot(meta)
-            self.sync()
             self._last_index = self._read_last_index()
 
     def compact(self, through_index: int) -> None:

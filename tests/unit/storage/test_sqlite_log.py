@@ -261,3 +261,42 @@ def test_a_database_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     (tmp_path / "raft-log.sqlite3").write_bytes(b"garbage" * 1000)
     with pytest.raises(StorageError):
         open_log(tmp_path)
+
+
+def test_a_snapshot_written_apart_leaves_the_log_until_it_is_cut(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    log.append(entries(1, 10))
+    meta = SnapshotMeta(index=6, term=1, membership=MEMBERSHIP)
+    log.write_snapshot(meta, b"six")
+    log.append(entries(11, 12))  # the log goes on meanwhile
+    log.sync()
+    assert log.load().entries == entries(1, 12)
+    log.cut_log_to_snapshot(meta)
+    state = reopened(log)
+    assert (state.snapshot, state.snapshot_data) == (meta, b"six")
+    assert state.entries == entries(7, 12)
+
+
+def test_a_crash_between_writing_a_snapshot_and_cutting_the_log_completes_the_cut(
+    tmp_path: Path,
+) -> None:
+    log = open_log(tmp_path)
+    log.append(entries(1, 10))
+    log.write_snapshot(SnapshotMeta(index=6, term=1, membership=MEMBERSHIP), b"six")
+    state = reopened(log)  # no cut_log_to_snapshot: the next start does it
+    assert state.snapshot.index == 6
+    assert state.entries == entries(7, 10)
+
+
+def test_cutting_to_a_snapshot_a_newer_one_overtook_changes_nothing(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    log.append(entries(1, 10))
+    older = SnapshotMeta(index=4, term=1, membership=MEMBERSHIP)
+    log.write_snapshot(older, b"four")
+    log.save_snapshot(SnapshotMeta(index=8, term=1, membership=MEMBERSHIP), b"eight")
+    log.cut_log_to_snapshot(older)
+    with pytest.raises(ValueError, match="snapshot 8"):  # still covered by the newer one
+        log.append(entries(8, 9))
+    state = reopened(log)
+    assert (state.snapshot.index, state.snapshot_data) == (8, b"eight")
+    assert state.entries == entries(9, 10)
