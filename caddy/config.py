@@ -117,7 +117,8 @@ class RaftSettings:
     max_append_bytes: int = 1_048_576  # payload bytes per AppendEntries message
     max_inflight: int = 256  # unacknowledged AppendEntries per follower
     snapshot_threshold: int = 10_000  # applied entries since the last snapshot that trigger one
-    snapshot_threshold_bytes: int = 16_777_216  # ... or applied entry bytes (bounds the log)
+    # ... or applied entry bytes (bounds the log), but at least the last snapshot's size
+    snapshot_threshold_bytes: int = 16_777_216
     pre_vote: bool = True  # a partitioned node cannot disrupt the cluster with term bumps
     check_quorum: bool = True  # a leader that cannot hear a majority steps down
     lease_reads: bool = False  # serve reads on a clock lease instead of a ReadIndex round

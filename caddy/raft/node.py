@@ -1019,8 +1019,13 @@ class RaftNode:
         self._messages.append((to, message))
 
     def _snapshot_due(self) -> bool:
+        """After `snapshot_threshold` entries, or `snapshot_threshold_bytes` of them but never
+        fewer bytes than the last snapshot held: a snapshot costs time in proportion to the
+        state, so this keeps that cost in proportion to the writes however large the state grows
+        (the log then holds up to about one state's worth of bytes)."""
         log = self.log
+        bytes_due = max(self._snapshot_threshold_bytes, len(self._snapshot_data))
         return not self._snapshot_requested and (
             log.applied - log.snapshot.index >= self._snapshot_threshold
-            or self._applied_bytes >= self._snapshot_threshold_bytes
+            or self._applied_bytes >= bytes_due
         )

@@ -39,7 +39,22 @@ def test_a_snapshot_is_requested_once_applied_entries_hold_the_threshold_in_byte
     cluster.readies["a"].clear()
     cluster.propose("a", b"z" * 60)  # the count starts again after the snapshot
     assert not [r for r in cluster.readies["a"] if r.snapshot_request]
-    cluster.propose("a", b"w" * 60)
+    cluster.propose("a", b"w" * 70)  # (past the 121 bytes of the snapshot too)
+    assert len([r for r in cluster.readies["a"] if r.snapshot_request]) == 1
+
+
+def test_a_larger_state_than_the_byte_threshold_waits_for_as_many_bytes_of_log():
+    """A snapshot costs in proportion to the state: with a state larger than the threshold, the
+    next one waits until the log has grown by the size of the last snapshot."""
+    cluster = Cluster(snapshot_threshold=1000, snapshot_threshold_bytes=100)
+    leader = cluster.elect("a")
+    cluster.propose("a", b"x" * 120)
+    data = b"s" * 300  # the state machine's snapshot: three times the threshold
+    cluster.storage["a"].save_snapshot(leader.compact(leader.applied_index, data), data)
+    cluster.readies["a"].clear()
+    cluster.propose("a", b"y" * 150, b"z" * 100)  # 250 bytes: past the threshold, not the state
+    assert not [r for r in cluster.readies["a"] if r.snapshot_request]
+    cluster.propose("a", b"w" * 60)  # 310 bytes
     assert len([r for r in cluster.readies["a"] if r.snapshot_request]) == 1
 
 
