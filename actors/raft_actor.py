@@ -45,6 +45,9 @@ MAX_MESSAGES_PER_READY = 512
 EXPIRY_CHECK_TICKS = 10
 # Writes proposed together share a log entry up to this size; a larger write gets its own.
 MAX_ENTRY_BYTES = 256 * 1024
+# Each node snapshots up to this much later than the thresholds say (drawn anew each time), so
+# the nodes do not all pause together: only a paused leader holds up the cluster's writes.
+SNAPSHOT_JITTER_PERCENT = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class RaftActor(pykka.ThreadingActor):
             max_inflight=raft.max_inflight,
             snapshot_threshold=raft.snapshot_threshold,
             snapshot_threshold_bytes=raft.snapshot_threshold_bytes,
+            snapshot_jitter_percent=SNAPSHOT_JITTER_PERCENT,
             pre_vote=raft.pre_vote,
             check_quorum=raft.check_quorum,
             lease_reads=raft.lease_reads,

@@ -76,6 +76,7 @@ class RaftNode:
         max_inflight: int = 256,
         snapshot_threshold: int = 10_000,
         snapshot_threshold_bytes: int = 16 << 20,
+        snapshot_jitter_percent: int = 0,
         pre_vote: bool = True,
         check_quorum: bool = True,
         lease_reads: bool = False,
@@ -96,6 +97,11 @@ class RaftNode:
         self._max_inflight = max_inflight
         self._snapshot_threshold = snapshot_threshold
         self._snapshot_threshold_bytes = snapshot_threshold_bytes
+        # Each node waits up to this much longer than the thresholds, drawn after each snapshot,
+        # so that the nodes of a cluster do not all pause for a snapshot at the same moment.
+        self._snapshot_jitter_percent = snapshot_jitter_percent
+        self._snapshot_stretch_percent = 100
+        self._draw_snapshot_stretch()
         self._applied_bytes = 0  # entry data applied since the last snapshot (bounds the log)
         self._pre_vote = pre_vote
         self._check_quorum = check_quorum
@@ -355,6 +361,7 @@ class RaftNode:
         self._snapshot_data = snapshot_data
         self._snapshot_requested = False
         self._applied_bytes = 0
+        self._draw_snapshot_stretch()
         for peer, progress in self._progress.items():
             if progress.state is ProgressState.SNAPSHOT:
                 progress.become_snapshot(meta.index)  # restart with the newer snapshot
@@ -955,6 +962,7 @@ class RaftNode:
         logger.info("%s: installing snapshot at %d (term %d)", self.id, meta.index, meta.term)
         self.log.restore(meta, data)
         self._applied_bytes = 0
+        self._draw_snapshot_stretch()
         self._snapshot_data = data
         self._config_entries = []
         self._refresh_membership()
@@ -1022,10 +1030,18 @@ class RaftNode:
         """After `snapshot_threshold` entries, or `snapshot_threshold_bytes` of them but never
         fewer bytes than the last snapshot held: a snapshot costs time in proportion to the
         state, so this keeps that cost in proportion to the writes however large the state grows
-        (the log then holds up to about one state's worth of bytes)."""
+        (the log then holds up to about one state's worth of bytes). Both stretched by this
+        node's draw (`snapshot_jitter_percent`)."""
         log = self.log
-        bytes_due = max(self._snapshot_threshold_bytes, len(self._snapshot_data))
+        stretch = self._snapshot_stretch_percent
+        entries_due = self._snapshot_threshold * stretch // 100
+        bytes_due = max(self._snapshot_threshold_bytes, len(self._snapshot_data)) * stretch // 100
         return not self._snapshot_requested and (
-            log.applied - log.snapshot.index >= self._snapshot_threshold
-            or self._applied_bytes >= bytes_due
+            log.applied - log.snapshot.index >= entries_due or self._applied_bytes >= bytes_due
         )
+
+    def _draw_snapshot_stretch(self) -> None:
+        if self._snapshot_jitter_percent:
+            self._snapshot_stretch_percent = self._rng.randint(
+                100, 100 + self._snapshot_jitter_percent
+            )

@@ -39,6 +39,7 @@ class NodeSettings:
     max_inflight: int = 4
     snapshot_threshold: int = 40
     snapshot_threshold_bytes: int = 1 << 20
+    snapshot_jitter_percent: int = 0
     pre_vote: bool = True
     check_quorum: bool = True
     lease_reads: bool = False
@@ -363,6 +364,8 @@ class World:
             max_inflight=rng.choice((1, 4, 16)),
             snapshot_threshold=rng.choice((15, 40, 10_000)),
             snapshot_threshold_bytes=rng.choice((60, 1 << 20)),
+            # Drawn apart, so the main stream (and each seed's schedule) stays as it was.
+            snapshot_jitter_percent=random.Random(f"{seed}-jitter").choice((0, 50)),
             pre_vote=rng.random() < 0.8,
             check_quorum=check_quorum,
             lease_reads=check_quorum and rng.random() < 0.3,

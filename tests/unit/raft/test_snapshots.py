@@ -136,3 +136,18 @@ def test_a_snapshot_older_than_the_commit_index_is_acknowledged_not_installed():
     ready = follower.ready()
     assert ready.snapshot is None
     assert ready.messages[-1][1].success
+
+
+def test_jitter_stretches_the_thresholds_by_each_nodes_own_draw():
+    """Nodes that draw differently snapshot at different points, so they do not all pause at
+    once; never before the threshold, never after the stretched one."""
+    first_requests = set()
+    for seed in range(20):
+        cluster = Cluster(seed=seed, snapshot_threshold=10, snapshot_jitter_percent=50)
+        cluster.elect("a")
+        for i in range(20):
+            cluster.propose("a", b"%d" % i)
+        requests = [r.snapshot_request for r in cluster.readies["a"] if r.snapshot_request]
+        first_requests.add(requests[0])
+    assert len(first_requests) > 1
+    assert all(10 <= index <= 15 for index in first_requests), first_requests
