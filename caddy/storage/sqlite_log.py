@@ -135,6 +135,10 @@ class SqliteLogStorage:
                 # FULL: every COMMIT fsyncs the WAL, so a committed transaction survives power loss
                 # (NORMAL would defer that fsync to the next checkpoint).
                 connection.execute("PRAGMA synchronous=FULL")
+                # Some builds (Debian's among them) default to secure_delete=ON: cutting the log
+                # to a snapshot then rewrote every dropped page as zeros, ~25 MB and ~75 ms of
+                # commit for a 16 MiB log. FAST zeroes deleted cells only in pages written anyway.
+                connection.execute("PRAGMA secure_delete=FAST")
                 connection.executescript(SCHEMA)
             except BaseException:
                 connection.close()
