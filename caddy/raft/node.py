@@ -962,6 +962,9 @@ class RaftNode:
         logger.info("%s: installing snapshot at %d (term %d)", self.id, meta.index, meta.term)
         self.log.restore(meta, data)
         self._applied_bytes = 0
+        # A request the driver has not served yet is moot: it may find nothing left to compact,
+        # and only compact() would clear it, so no snapshot would ever be asked for again.
+        self._snapshot_requested = False
         self._draw_snapshot_stretch()
         self._snapshot_data = data
         self._config_entries = []

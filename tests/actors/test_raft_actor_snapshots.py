@@ -11,9 +11,9 @@ from actors.raft_actor import RaftActor, SnapshotWritten
 from actors.status_board import StatusBoard
 from actors.transport import InboundBatch
 from caddy.config import load_topology
-from caddy.raft.messages import VoteResponse
+from caddy.raft.messages import AppendEntries, InstallSnapshot, VoteResponse
 from caddy.raft.ready import Snapshot
-from caddy.raft.types import SnapshotMeta
+from caddy.raft.types import Entry, EntryKind, SnapshotMeta
 from caddy.replication.kv import KeyValueStore
 from caddy.replication.sessions import SessionStateMachine
 from caddy.storage import SqliteLogStorage
@@ -150,3 +150,28 @@ def test_a_snapshot_from_the_leader_waits_for_the_one_being_written(leader):
         assert reopened.load().snapshot.index == received.index
     finally:
         reopened.close()
+
+
+def test_snapshots_go_on_after_a_leaders_snapshot_overtook_a_wanted_one(leader):
+    """Our snapshot is being written, another is due, and a leader's snapshot is installed before
+    ours is reported: the wanted one finds nothing to compact, yet later ones must still come."""
+    actor, gate = leader
+    core = actor.core
+    write_entries(actor, SNAPSHOT_EVERY, first_seq=1)
+    own = core.log.snapshot.index
+    write_entries(actor, SNAPSHOT_EVERY, first_seq=100)  # due again while ours is written
+    term = core.term + 1
+    received = SnapshotMeta(core.commit_index + 10, term, core.log.snapshot.membership)
+    data = SessionStateMachine(KeyValueStore()).snapshot()
+    gate.release(own)
+    core.step(InstallSnapshot(term, "n2", received, 0, data, True))  # n2 leads a newer term
+    actor._process_ready()  # waits for our write, then installs the leader's
+    actor.on_receive(next_told(actor))  # our SnapshotWritten: the wanted one has nothing to do
+    previous = received.index
+    for _ in range(2 * SNAPSHOT_EVERY):  # the new leader replicates well past the threshold
+        entry = Entry(index=previous + 1, term=term, kind=EntryKind.NOOP, data=b"")
+        core.step(AppendEntries(term, "n2", previous, term, (entry,), previous + 1))
+        actor._process_ready()
+        previous += 1
+    assert core.applied_index == previous
+    assert core.log.snapshot.index > received.index
