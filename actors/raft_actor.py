@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -60,10 +61,11 @@ class ReadRouters:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotWritten:
-    """Told by the snapshot writer thread: the file of `meta` is durable, or writing it raised
-    `error`."""
+    """Told by the snapshot writer thread: the snapshot `meta` with its `data` is durable, or
+    making it raised `error`."""
 
     meta: SnapshotMeta
+    data: bytes
     error: BaseException | None
 
 
@@ -137,10 +139,10 @@ class RaftActor(pykka.ThreadingActor):
         self._ticks = 0
         self._request_timeout_s = config.transport.request_timeout_ms / 1000
         self._unprocessed = 0
-        # The node's own snapshots are written to disk here, off the Raft thread: writing and
-        # syncing a large state takes longer than many rounds of replication.
+        # The node's own snapshots are packed and written here, off the Raft thread: packing,
+        # writing and syncing a large state take longer than many rounds of replication.
         self._snapshot_writer = ThreadPoolExecutor(1, thread_name_prefix=f"snapshot-{node_id}")
-        self._snapshot_writing: Future[None] | None = None
+        self._snapshot_writing: Future[bytes] | None = None
         self._snapshot_wanted = False  # asked for while one was being written
         self._publish_status()
 
@@ -400,25 +402,36 @@ class RaftActor(pykka.ThreadingActor):
             self._transport.reply_many(replies)
 
     def _take_snapshot(self) -> None:
-        """Snapshot the state machine and compact the in-memory log; the writer thread makes the
-        snapshot durable, and only then is the stored log cut (`_on_snapshot_written`)."""
+        """Take a view of the state machine at the applied index (cheap: a copy, not the bytes);
+        the writer thread makes the bytes and the durable file from it, and only then are the
+        in-memory and stored logs compacted (`_on_snapshot_written`)."""
         if self._snapshot_writing is not None:
             self._snapshot_wanted = True  # the core asks once: taken when this one is written
             return
         applied = self.core.applied_index
         if applied <= self.core.log.snapshot.index:
             return
-        witness = self.core.member_role is MemberRole.WITNESS
-        data = b"" if witness else self._state_machine.snapshot()  # a witness only trims its log
-        meta = self.core.compact(applied, data)
-        writing = self._snapshot_writer.submit(self._storage.write_snapshot, meta, data)
+        meta = self.core.snapshot_meta(applied)
+        if self.core.member_role is MemberRole.WITNESS:
+            view: Callable[[], bytes] = bytes  # a witness has no state: it only trims its log
+        else:
+            view = self._state_machine.snapshot_view()
+        writing = self._snapshot_writer.submit(self._write_snapshot, meta, view)
         self._snapshot_writing = writing
         writing.add_done_callback(lambda done: self._tell_written(meta, done))
 
-    def _tell_written(self, meta: SnapshotMeta, done: Future[None]) -> None:
+    def _write_snapshot(self, meta: SnapshotMeta, view: Callable[[], bytes]) -> bytes:
+        """On the writer thread: the snapshot's bytes, once durable."""
+        data = view()
+        self._storage.write_snapshot(meta, data)
+        return data
+
+    def _tell_written(self, meta: SnapshotMeta, done: Future[bytes]) -> None:
         """On the writer thread."""
+        error = done.exception()
+        written = SnapshotWritten(meta, b"" if error else done.result(), error)
         try:
-            self.actor_ref.tell(SnapshotWritten(meta, done.exception()))
+            self.actor_ref.tell(written)
         except pykka.ActorDeadError:  # stopping: the next start completes what was written
             pass
 
@@ -426,8 +439,11 @@ class RaftActor(pykka.ThreadingActor):
         self._snapshot_writing = None
         if written.error is not None:
             raise written.error  # as if the write had failed on this thread
-        self._storage.cut_log_to_snapshot(written.meta)
-        log.info("node %s: snapshot at index %d written", self._node_id, written.meta.index)
+        meta = written.meta
+        if meta.index > self.core.log.snapshot.index:  # else a leader's snapshot overtook it
+            self.core.compact(meta.index, written.data)
+            self._storage.cut_log_to_snapshot(meta)
+            log.info("node %s: snapshot at index %d written", self._node_id, meta.index)
         if self._snapshot_wanted:
             self._snapshot_wanted = False
             self._take_snapshot()

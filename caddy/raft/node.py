@@ -340,14 +340,9 @@ class RaftNode:
             self._after_commit()
         return index, self.term
 
-    def compact(self, applied_index: int, snapshot_data: bytes) -> SnapshotMeta:
-        """The application snapshotted its state at `applied_index`: drop the log up to there.
-
-        Returns the snapshot metadata; the driver saves it with `storage.save_snapshot(meta, data)`,
-        or writes the snapshot in the background and cuts the stored log once it is durable (the
-        log it keeps until then still covers everything). A witness calls this with empty data
-        to trim its log.
-        """
+    def snapshot_meta(self, applied_index: int) -> SnapshotMeta:
+        """The metadata of a snapshot of the state at `applied_index` (applied, not yet covered
+        by a snapshot): its term and the membership it carries."""
         if not self.log.snapshot.index < applied_index <= self.log.applied:
             raise ValueError(
                 f"snapshot index {applied_index} must be in "
@@ -355,7 +350,17 @@ class RaftNode:
             )
         term = self.log.term_at(applied_index)
         assert term is not None
-        meta = SnapshotMeta(applied_index, term, self._membership_at(applied_index))
+        return SnapshotMeta(applied_index, term, self._membership_at(applied_index))
+
+    def compact(self, applied_index: int, snapshot_data: bytes) -> SnapshotMeta:
+        """The application snapshotted its state at `applied_index`: drop the log up to there.
+
+        Returns the snapshot metadata; the driver saves it with `storage.save_snapshot(meta, data)`.
+        A driver may instead take `snapshot_meta(applied_index)`, write the snapshot in the
+        background and call this once it is durable (if no other snapshot overtook it meanwhile),
+        then cut its stored log. A witness calls this with empty data to trim its log.
+        """
+        meta = self.snapshot_meta(applied_index)
         self.log.compact(meta)
         self._config_entries = [item for item in self._config_entries if item[0] > applied_index]
         self._snapshot_data = snapshot_data

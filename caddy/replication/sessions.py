@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,11 +154,24 @@ class SessionStateMachine(StateMachine):
         return result
 
     def snapshot(self) -> bytes:
+        return self.snapshot_view()()
+
+    def snapshot_view(self) -> Callable[[], bytes]:
+        """The bytes of `snapshot()` as of now, made when called, possibly on another thread
+        while this machine goes on applying: the session table is copied now, and the inner
+        machine's `snapshot_view()` is used if it has one (else its snapshot is taken now)."""
         sessions = [
             [client_id, session.last_active_ms, session.floor, list(session.results.items())]
             for client_id, session in self._sessions.items()
         ]
-        return pack([SNAPSHOT_VERSION, self._log_time_ms, sessions, self.inner.snapshot()])
+        log_time_ms = self._log_time_ms
+        inner_view = getattr(self.inner, "snapshot_view", None)
+        if callable(inner_view):
+            inner = inner_view()
+        else:
+            inner_data = self.inner.snapshot()
+            inner = lambda: inner_data  # noqa: E731
+        return lambda: pack([SNAPSHOT_VERSION, log_time_ms, sessions, inner()])
 
     def restore(self, data: bytes) -> None:
         fields = unpack(data, SnapshotError)

@@ -19,6 +19,11 @@ class StateMachine(Protocol):
     `apply` returns a msgpack-able result that goes back to the client that proposed the command.
     A command the machine cannot make sense of should yield an error result (see `error_result`),
     not raise: an exception would be answered as `apply_failed` by `SessionStateMachine`.
+
+    Optionally, `snapshot_view() -> Callable[[], bytes]` takes a cheap consistent view of the
+    state and returns a function that makes `snapshot()`'s bytes from it later, on another
+    thread, while `apply` goes on: a node then packs a large state without pausing replication
+    (`KeyValueStore` has one). Without it, `snapshot()` runs on the Raft thread.
     """
 
     def apply(self, command: bytes) -> Any:

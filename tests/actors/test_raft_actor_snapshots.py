@@ -1,6 +1,6 @@
-"""The Raft actor's own snapshots are written by a writer thread, off the Raft thread: the stored
-log is cut only once the snapshot is durable, a snapshot asked for meanwhile follows, and a
-snapshot from the leader never races the writer."""
+"""The Raft actor's own snapshots are packed and written by a writer thread, off the Raft thread:
+the logs are compacted only once the snapshot is durable, a snapshot from the leader never races
+the writer, and snapshots go on after one overtook another."""
 
 import threading
 
@@ -31,9 +31,12 @@ class GatedWrites:
         self.events = []
         self._gates = {}
         self._lock = threading.Lock()
+        self._started = threading.Condition()
 
     def __call__(self, meta, data):
-        self.events.append(("start", meta.index))
+        with self._started:
+            self.events.append(("start", meta.index))
+            self._started.notify_all()
         if threading.current_thread().name.startswith("snapshot-"):
             self._gate(meta.index).wait(10)
         self._write(meta, data)
@@ -41,6 +44,14 @@ class GatedWrites:
 
     def release(self, index):
         self._gate(index).set()
+
+    def wait_for_starts(self, count):
+        """The index of the `count`th write, once it started (the writer thread runs apart)."""
+        with self._started:
+            assert self._started.wait_for(
+                lambda: sum(event == "start" for event, _ in self.events) >= count, timeout=10
+            )
+            return [index for event, index in self.events if event == "start"][count - 1]
 
     def release_all(self):
         with self._lock:
@@ -96,40 +107,51 @@ def stored_through(actor, index):
     return count
 
 
-def test_the_stored_log_is_cut_only_once_the_snapshot_is_written(leader):
+def held_snapshot_index(gate):
+    """The index of the one snapshot being written (held by the gate)."""
+    index = gate.wait_for_starts(1)
+    assert gate.events == [("start", index)]
+    return index
+
+
+def test_the_logs_are_compacted_only_once_the_snapshot_is_written(leader):
     actor, gate = leader
-    write_entries(actor, SNAPSHOT_EVERY, first_seq=1)  # the Raft thread is not held up
-    snapshot_index = actor.core.log.snapshot.index
-    assert snapshot_index > 0  # compacted in memory at once
-    assert gate.events == [("start", snapshot_index)]
-    assert stored_through(actor, snapshot_index) == snapshot_index  # but stored whole
+    write_entries(actor, SNAPSHOT_EVERY, first_seq=1)
+    snapshot_index = held_snapshot_index(gate)
+    write_entries(actor, 2, first_seq=100)  # replication goes on while it is written
+    assert actor.core.log.snapshot.index == 0  # neither log is compacted yet
+    assert stored_through(actor, snapshot_index) == snapshot_index
     gate.release(snapshot_index)
     written = next_told(actor)
     assert isinstance(written, SnapshotWritten) and written.error is None
     actor.on_receive(written)
+    assert actor.core.log.snapshot.index == snapshot_index
     assert stored_through(actor, snapshot_index) == 0
     assert gate.events == [("start", snapshot_index), ("end", snapshot_index)]
+    restored = SessionStateMachine(KeyValueStore())
+    restored.restore(written.data)  # the bytes are the state at that index
+    assert restored.inner.read("k1") == 1 and restored.inner.read("k100") is None
 
 
-def test_a_snapshot_asked_for_during_a_write_is_taken_after_it(leader):
+def test_while_a_snapshot_is_written_no_other_starts_and_the_next_follows_it(leader):
     actor, gate = leader
-    write_entries(actor, 2 * SNAPSHOT_EVERY, first_seq=1)  # the second one is due meanwhile
-    first = actor.core.log.snapshot.index
-    assert gate.events == [("start", first)]
+    write_entries(actor, 2 * SNAPSHOT_EVERY, first_seq=1)  # a second one would be due meanwhile
+    first = held_snapshot_index(gate)
     gate.release(first)
-    actor.on_receive(next_told(actor))
-    second = actor.core.log.snapshot.index
-    assert second > first  # taken when the first was written
+    actor.on_receive(next_told(actor))  # compacts, then asks for the one now due
+    assert actor.core.log.snapshot.index == first
+    second = gate.wait_for_starts(2)
+    assert second > first
     gate.release(second)
     actor.on_receive(next_told(actor))
-    assert gate.events == [("start", first), ("end", first), ("start", second), ("end", second)]
+    assert actor.core.log.snapshot.index == second
     assert stored_through(actor, second) == 0
 
 
 def test_a_snapshot_from_the_leader_waits_for_the_one_being_written(leader):
     actor, gate = leader
     write_entries(actor, SNAPSHOT_EVERY, first_seq=1)
-    own = actor.core.log.snapshot.index
+    own = held_snapshot_index(gate)
     received = SnapshotMeta(own + 10, actor.core.term)
     data = SessionStateMachine(KeyValueStore()).snapshot()
     ready = actor.core.ready()
@@ -152,26 +174,34 @@ def test_a_snapshot_from_the_leader_waits_for_the_one_being_written(leader):
         reopened.close()
 
 
-def test_snapshots_go_on_after_a_leaders_snapshot_overtook_a_wanted_one(leader):
-    """Our snapshot is being written, another is due, and a leader's snapshot is installed before
-    ours is reported: the wanted one finds nothing to compact, yet later ones must still come."""
+def test_snapshots_go_on_after_a_leaders_snapshot_overtook_ours(leader):
+    """Ours is written, a leader's is installed before ours is reported, and another is due
+    meanwhile: ours is dropped, and the one due must still be taken, and later ones too."""
     actor, gate = leader
     core = actor.core
     write_entries(actor, SNAPSHOT_EVERY, first_seq=1)
-    own = core.log.snapshot.index
-    write_entries(actor, SNAPSHOT_EVERY, first_seq=100)  # due again while ours is written
+    own = held_snapshot_index(gate)
     term = core.term + 1
     received = SnapshotMeta(core.commit_index + 10, term, core.log.snapshot.membership)
     data = SessionStateMachine(KeyValueStore()).snapshot()
     gate.release(own)
     core.step(InstallSnapshot(term, "n2", received, 0, data, True))  # n2 leads a newer term
     actor._process_ready()  # waits for our write, then installs the leader's
-    actor.on_receive(next_told(actor))  # our SnapshotWritten: the wanted one has nothing to do
     previous = received.index
-    for _ in range(2 * SNAPSHOT_EVERY):  # the new leader replicates well past the threshold
-        entry = Entry(index=previous + 1, term=term, kind=EntryKind.NOOP, data=b"")
-        core.step(AppendEntries(term, "n2", previous, term, (entry,), previous + 1))
-        actor._process_ready()
-        previous += 1
-    assert core.applied_index == previous
-    assert core.log.snapshot.index > received.index
+
+    def replicate(count):
+        nonlocal previous
+        for _ in range(count):  # the new leader replicates
+            entry = Entry(index=previous + 1, term=term, kind=EntryKind.NOOP, data=b"")
+            core.step(AppendEntries(term, "n2", previous, term, (entry,), previous + 1))
+            actor._process_ready()
+            previous += 1
+
+    replicate(2 * SNAPSHOT_EVERY)  # due again before our SnapshotWritten is handled
+    actor.on_receive(next_told(actor))  # ours: overtaken, dropped; the due one starts
+    assert core.log.snapshot.index == received.index
+    due = gate.wait_for_starts(3)  # ours, the leader's (installed through the same call), this
+    assert due > received.index
+    gate.release(due)
+    actor.on_receive(next_told(actor))
+    assert core.log.snapshot.index == due

@@ -4,6 +4,7 @@ import msgpack
 import pytest
 
 from caddy.replication import KeyValueStore, SnapshotError, StateMachine, encode_kv
+from caddy.replication.packing import pack, pack_map_in_slices
 
 
 def apply(store, op, key, value=None, expected=None):
@@ -149,3 +150,21 @@ def test_snapshots_of_equal_histories_are_byte_identical():
             apply(store, "put", f"k{i % 7}", i)
             apply(store, "delete", f"k{i % 5}")
     assert replicas[0].snapshot() == replicas[1].snapshot()
+
+
+def test_a_snapshot_view_makes_the_bytes_of_the_state_when_it_was_taken():
+    store = KeyValueStore()
+    for i in range(5000):
+        store.apply(encode_kv("put", f"k{i}", [i, "v"]))
+    expected = store.snapshot()
+    view = store.snapshot_view()
+    store.apply(encode_kv("put", "k1", "changed"))  # the machine goes on applying
+    store.apply(encode_kv("delete", "k2"))
+    assert view() == expected
+
+
+def test_packing_a_map_in_slices_gives_the_bytes_of_packing_it_whole():
+    for count in (0, 1, 15, 16, 4095, 4096, 4097, 65535, 65536, 65537):
+        mapping = {f"k{i}": (b"b" * (i % 5) if i % 2 else [i]) for i in range(count)}
+        for slice_items in (1, 7, 4096):
+            assert pack_map_in_slices(mapping, slice_items) == pack(mapping), (count, slice_items)

@@ -371,3 +371,16 @@ def test_replicas_end_identical_also_through_snapshot_and_restore(entries, data)
     assert restored_results == straight_results
     assert restored.snapshot() == straight.snapshot()
     assert restored.log_time_ms == straight.log_time_ms
+
+
+@pytest.mark.parametrize("inner", [KeyValueStore, RecordingMachine], ids=["with-view", "without"])
+def test_a_snapshot_view_makes_the_bytes_of_the_state_when_it_was_taken(inner):
+    """With or without the inner machine's own view (RecordingMachine has none)."""
+    machine = SessionStateMachine(inner())
+    for seq in range(1, 6):
+        machine.apply(encode_command("c1", seq, 1000 + seq, encode_kv("put", f"k{seq}", seq)))
+    expected = machine.snapshot()
+    view = machine.snapshot_view()
+    machine.apply(encode_command("c1", 6, 2000, encode_kv("put", "k6", 6)))  # goes on applying
+    machine.apply(encode_command("c2", 1, 2001, encode_kv("delete", "k1")))
+    assert view() == expected
