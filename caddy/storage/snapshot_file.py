@@ -17,6 +17,9 @@ from caddy.raft.types import Membership, SnapshotMeta
 from caddy.storage.errors import StorageError
 
 MAGIC = b"CADDYSNP"
+# Synced a piece at a time: one fsync of a large file holds the disk for tens of milliseconds,
+# and every log fsync of the node (and of any node sharing the disk) waits behind it.
+SYNC_EVERY_BYTES = 2 << 20
 # magic, length of the JSON header, CRC32 of the JSON header
 PREFIX = struct.Struct(f"<{len(MAGIC)}sII")
 
@@ -54,7 +57,11 @@ class SnapshotFile:
         with open(self.partial_path, "wb") as partial:
             partial.write(PREFIX.pack(MAGIC, len(header), zlib.crc32(header)))
             partial.write(header)
-            partial.write(data)
+            view = memoryview(data)
+            for start in range(0, len(data), SYNC_EVERY_BYTES):
+                partial.write(view[start : start + SYNC_EVERY_BYTES])
+                partial.flush()
+                os.fdatasync(partial.fileno())
             partial.flush()
             os.fsync(partial.fileno())
         os.replace(self.partial_path, self.path)
