@@ -365,7 +365,9 @@ class RaftNode:
         self._config_entries = [item for item in self._config_entries if item[0] > applied_index]
         self._snapshot_data = snapshot_data
         self._snapshot_requested = False
-        self._applied_bytes = 0
+        # Entries applied while the snapshot was being written stay in the log: they still count.
+        retained = self.log.entries[: self.log.applied - meta.index]
+        self._applied_bytes = sum(len(entry.data) for entry in retained)
         self._draw_snapshot_stretch()
         for peer, progress in self._progress.items():
             if progress.state is ProgressState.SNAPSHOT:

@@ -151,3 +151,19 @@ def test_jitter_stretches_the_thresholds_by_each_nodes_own_draw():
         first_requests.add(requests[0])
     assert len(first_requests) > 1
     assert all(10 <= index <= 15 for index in first_requests), first_requests
+
+
+def test_entries_applied_while_a_snapshot_is_written_still_count_after_it():
+    """A driver may compact once the snapshot is durable: what was applied meanwhile stays in the
+    log and must still count towards the next snapshot's threshold."""
+    cluster = Cluster(snapshot_threshold=1000, snapshot_threshold_bytes=100)
+    leader = cluster.elect("a")
+    cluster.propose("a", b"x" * 60, b"y" * 60)
+    meta = leader.snapshot_meta(leader.applied_index)  # the snapshot is taken here...
+    cluster.readies["a"].clear()
+    cluster.propose("a", b"z" * 60, b"w" * 60)  # ...these are applied while it is written...
+    leader.compact(meta.index, b"s")  # ...and it is durable now
+    cluster.storage["a"].save_snapshot(meta, b"s")
+    assert not [r for r in cluster.readies["a"] if r.snapshot_request]
+    cluster.propose("a", b"v")  # 121 bytes past the snapshot: over the threshold
+    assert [r for r in cluster.readies["a"] if r.snapshot_request]

@@ -384,3 +384,30 @@ def test_a_snapshot_view_makes_the_bytes_of_the_state_when_it_was_taken(inner):
     machine.apply(encode_command("c1", 6, 2000, encode_kv("put", "k6", 6)))  # goes on applying
     machine.apply(encode_command("c2", 1, 2001, encode_kv("delete", "k1")))
     assert view() == expected
+
+
+def test_a_subclass_that_extends_snapshot_is_not_snapshotted_through_the_inherited_view():
+    """KeyValueStore's view makes the bare map's bytes: a subclass that adds to `snapshot()`
+    must have its own `snapshot()` taken, or its snapshots could not be restored."""
+
+    class CountingStore(KeyValueStore):
+        def __init__(self):
+            super().__init__()
+            self.writes = 0
+
+        def apply(self, command):
+            self.writes += 1
+            return super().apply(command)
+
+        def snapshot(self):
+            return msgpack.packb([self.writes, super().snapshot()])
+
+        def restore(self, data):
+            self.writes, inner = msgpack.unpackb(data)
+            super().restore(inner)
+
+    machine = SessionStateMachine(CountingStore())
+    machine.apply(encode_command("c1", 1, 1000, encode_kv("put", "k", 1)))
+    restored = SessionStateMachine(CountingStore())
+    restored.restore(machine.snapshot())
+    assert restored.inner.writes == 1 and restored.inner.read("k") == 1
