@@ -145,8 +145,7 @@ class SessionStateMachine(StateMachine):
         seq = envelope.seq
         if seq < session.floor:
             return error_result(ErrorCode.STALE, f"seq {seq} is below {session.floor}")
-        if envelope.ack_below > session.floor:
-            _acknowledge(session, envelope.ack_below)
+        _acknowledge(session, envelope.ack_below)
         result = session.results.get(seq, _MISSING)
         if result is _MISSING:
             result = self._apply_inner(envelope.payload)

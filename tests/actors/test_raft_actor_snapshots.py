@@ -156,8 +156,17 @@ def test_a_snapshot_from_the_leader_waits_for_the_one_being_written(leader):
     data = SessionStateMachine(KeyValueStore()).snapshot()
     ready = actor.core.ready()
     ready.snapshot = Snapshot(received, data)
-    # Released a moment after the leader's snapshot arrives: it must wait for the write.
-    threading.Timer(0.2, gate.release, (own,)).start()
+    writing = actor._snapshot_writing
+
+    class ReleasedByTheWait:
+        """Our write is released only when the Raft thread waits for it: saving the leader's
+        snapshot without waiting would start (and be recorded) while ours is still held."""
+
+        def result(self):
+            gate.release(own)
+            return writing.result()
+
+    actor._snapshot_writing = ReleasedByTheWait()
     actor._persist(ready)
     assert gate.events == [
         ("start", own),
