@@ -1,23 +1,27 @@
 """`GossipActor`: drives the SWIM core of one node and publishes its membership view and events.
 
-Inbound `swim.*` frames and ticks go in; messages go out through the transport; member events go
-to every subscribed actor. Protocol logic stays in `caddy/swim`.
+Inbound `swim.*` frames and ticks go in; messages go out through the transport; member changes go
+out as `member.state` node events. Protocol logic stays in `caddy/swim`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
+from functools import partial
 from typing import Any
 
 import pykka
 
+from actors.events import EventBus
 from actors.status_board import MemberStatus, StatusBoard
 from actors.ticker import Tick
 from actors.transport import Inbound, Transport
 from caddy.config import ClusterConfig
 from caddy.errors import WireError
+from caddy.events import MemberStateChanged, MemberStates
 from caddy.swim import MemberEvent, SwimNode, SwimTimings, from_wire, to_wire
 
 log = logging.getLogger(__name__)
@@ -27,7 +31,13 @@ class GossipActor(pykka.ThreadingActor):
     """Tell it `Tick()` and `Inbound` swim frames; ask it `leave()` before the node stops."""
 
     def __init__(
-        self, config: ClusterConfig, node_id: str, transport: Transport, board: StatusBoard
+        self,
+        config: ClusterConfig,
+        node_id: str,
+        transport: Transport,
+        board: StatusBoard,
+        *,
+        events: EventBus | None = None,
     ) -> None:
         super().__init__()
         self._node_id = node_id
@@ -47,13 +57,11 @@ class GossipActor(pykka.ThreadingActor):
             metadata=metadata,
             incarnation=incarnation,
         )
-        self._subscribers: list[pykka.ActorRef] = []
+        self._events = events
+        self._member_states = MemberStates()
+        board.contribute("members", partial(member_states, board, node_id), top_level=True)
         self._swim.join(peer.id for peer in config.peers_of(node_id))
         self._flush()
-
-    def subscribe(self, actor_ref: pykka.ActorRef) -> None:
-        """Deliver each `MemberEvent` (join, suspect, alive, dead, leave, update) to `actor_ref`."""
-        self._subscribers.append(actor_ref)
 
     def leave(self) -> None:
         """Announce a graceful leave: peers mark this node `left`, not dead."""
@@ -79,8 +87,6 @@ class GossipActor(pykka.ThreadingActor):
         for to, message in ready.messages:
             kind, body = to_wire(message)
             self._transport.send(to, kind, body)
-        for event in ready.events:
-            self._publish_event(event)
         if ready.events or self._board.members is None:
             self._board.members = {
                 view.member: MemberStatus(
@@ -92,6 +98,8 @@ class GossipActor(pykka.ThreadingActor):
                 for view in self._swim.members()
             }
             self._board.members_version = self._swim.version
+        for event in ready.events:  # after the board: a subscriber may look at the status
+            self._publish_event(event)
 
     def _publish_event(self, event: MemberEvent) -> None:
         if event.member != self._node_id:
@@ -102,8 +110,22 @@ class GossipActor(pykka.ThreadingActor):
                 event.kind.value,
                 event.incarnation,
             )
-        for subscriber in list(self._subscribers):
-            try:
-                subscriber.tell(event)
-            except pykka.ActorDeadError:
-                self._subscribers.remove(subscriber)
+        if self._events is not None:
+            self._events.publish(MemberStateChanged, **self._member_states.fields(event))
+
+
+def gossip_view(board: StatusBoard) -> dict[str, Any]:
+    """The gossip view of the membership, one entry per member, this node included."""
+    members = board.members or {}
+    return {
+        "members": {member: dataclasses.asdict(info) for member, info in members.items()},
+        "version": board.members_version,
+    }
+
+
+def member_states(board: StatusBoard, node_id: str) -> dict[str, Any]:
+    """The gossip part of the node's status: every other member's state."""
+    members = board.members or {}
+    return {
+        "members": {member: info.state for member, info in members.items() if member != node_id}
+    }

@@ -5,20 +5,23 @@ A user's program runs a node with `ClusterManager(node_id, config).start()`, as 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import pykka
 
-from actors.client_endpoint import ClientEndpointActor
-from actors.gossip_actor import GossipActor
-from actors.raft_actor import RaftActor, ReadRouters
+from actors.events import EventBus, Subscription
+from actors.gossip_actor import gossip_view
+from actors.reading_inbox import ReadRouters
 from actors.status_board import StatusBoard
+from actors.subsystems import DEFAULT_SUBSYSTEMS, NodeContext, SubsystemSpec
 from actors.ticker import Ticker
-from actors.transport import Transport
+from actors.transport import Transport, transport_status
 from caddy.config import ClusterConfig
+from caddy.events import NodeEvent, NodeStarting, NodeStopping
 from caddy.replication.kv import KeyValueStore
 from caddy.replication.state_machine import StateMachine
 
@@ -26,43 +29,65 @@ log = logging.getLogger(__name__)
 
 
 class ClusterManager:
-    """One node: its transport, ticker and actors. `start()` then `stop()`; safe to stop twice."""
+    """One node: its transport, ticker, event bus and subsystems. `start()` then `stop()`; safe
+    to stop twice."""
 
     def __init__(
-        self, node_id: str, config: ClusterConfig, state_machine: StateMachine | None = None
+        self,
+        node_id: str,
+        config: ClusterConfig,
+        state_machine: StateMachine | None = None,
+        subsystems: Sequence[SubsystemSpec] = DEFAULT_SUBSYSTEMS,
     ) -> None:
-        """`state_machine` is what Raft replicates; the key-value store unless you pass your own."""
+        """`state_machine` is what Raft replicates; the key-value store unless you pass your own.
+        `subsystems`: what the node runs, started in this order (see `actors.subsystems`)."""
+        names = [spec.name for spec in subsystems]
+        if len(set(names)) != len(names):
+            raise ValueError(f"subsystem names must be unique, got {names}")
         self.node_id = node_id
         self.config = config
         self.node_config = config.node(node_id)
         self.transport = Transport(config, node_id)
         self.ticker = Ticker(config.tick_ms, name=f"caddy-ticker-{node_id}")
         self.board = StatusBoard()
+        self.events = EventBus(node_id)
+        self._specs = tuple(spec for spec in subsystems if spec.enabled(config))
         self._state_machine = state_machine or KeyValueStore()
-        self._actors: list[pykka.ActorRef] = []
-        self._raft: pykka.ActorRef | None = None
-        self._gossip: pykka.ActorRef | None = None
+        self._refs: dict[str, pykka.ActorRef] = {}  # by subsystem name, in start order
         self._started_at: float | None = None
         self._running = False
+        self.board.contribute("node", self._node_section, top_level=True)
 
     def start(self) -> ClusterManager:
         self._started_at = time.monotonic()
-        self._raft = RaftActor.start(
-            self.config, self.node_id, self.transport, self._state_machine, self.board
+        self.events.publish(NodeStarting)
+        context = NodeContext(
+            node_id=self.node_id,
+            config=self.config,
+            transport=self.transport,
+            board=self.board,
+            events=self.events,
+            state_machine=self._state_machine,
+            status=self.status,
+            members=self.members,
         )
-        self._actors.append(self._raft)
-        self.transport.register("raft", self._raft.tell, batched=True)
-        self.transport.register("kv", self._raft.tell, batched=True)
-        self.ticker.register(self._raft)
-        self._gossip = GossipActor.start(self.config, self.node_id, self.transport, self.board)
-        self._actors.append(self._gossip)
-        self.transport.register("swim", self._gossip.tell)
-        self.ticker.register(self._gossip)
-        endpoint = ClientEndpointActor.start(self.transport, self.status, self.members)
-        self._actors.append(endpoint)
-        self.transport.register("client", endpoint.tell)
+        for spec in self._specs:
+            ref = spec.start(context)
+            self._refs[spec.name] = ref
+            for prefix in spec.prefixes:
+                self.transport.register(prefix, ref.tell, batched=spec.batched)
+            if spec.ticks:
+                self.ticker.register(ref)
+            if spec.events is not None:
+                self.events.subscribe(ref, kinds=spec.events)
+        self.board.contribute(
+            "transport", partial(transport_status, self.transport, self.board), top_level=True
+        )
         self.transport.start()
-        self._raft.tell(ReadRouters(self._raft.tell))
+        for spec in self._specs:
+            if spec.reads_sockets:
+                ref = self._refs[spec.name]
+                ref.tell(ReadRouters(ref.tell))
         self.ticker.start()
         self._running = True
         log.info(
@@ -73,28 +98,41 @@ class ClusterManager:
         )
         return self
 
+    def subscribe(
+        self,
+        target: pykka.ActorRef | Callable[[NodeEvent], Any],
+        kinds: Iterable[str | type[NodeEvent]] | None = None,
+    ) -> Subscription:
+        """Deliver this node's events (all, or those of `kinds`) to an actor by `tell`, or to a
+        callback on a thread of its own: a callback that raises is logged and called again for
+        the next event; it never slows or stops the node."""
+        return self.events.subscribe(target, kinds=kinds)
+
     def stop(self, graceful: bool = True) -> None:
         """Stop the node. Gracefully: a leader hands leadership over and drains its requests."""
         if not self._running:
             return
+        self.events.publish(NodeStopping)
         if graceful:
             self._hand_over_and_drain()
             self._leave_gossip()
         self._running = False
         self.ticker.stop()
-        for actor in reversed(self._actors):
-            actor.stop(block=True, timeout=5)
-        self._actors.clear()
+        for ref in reversed(self._refs.values()):
+            ref.stop(block=True, timeout=5)
+        self._refs.clear()
+        self.events.close()
         self.transport.stop()
         log.info("node %s: stopped", self.node_id)
 
     def _hand_over_and_drain(self) -> None:
         """Bounded by the failover drain timeout; a follower has nothing to hand over."""
-        if self._raft is None or self.board.raft is None or self.board.raft.state != "leader":
+        raft_actor = self.raft()
+        if raft_actor is None or self.board.raft is None or self.board.raft.state != "leader":
             return
         deadline = time.monotonic() + self.config.failover.drain_timeout_ms / 1000
         try:
-            target = self._raft.proxy().hand_over_leadership().get(timeout=5)
+            target = raft_actor.hand_over_leadership().get(timeout=5)
         except Exception as error:  # the node stops anyway; say why the hand-over failed
             log.warning("node %s: leadership hand-over failed: %s", self.node_id, error)
             return
@@ -114,10 +152,11 @@ class ClusterManager:
 
     def _leave_gossip(self) -> None:
         """Tell the group we leave (so peers say `left`, not `dead`) and let the news spread."""
-        if self._gossip is None:
+        gossip = self.membership()
+        if gossip is None:
             return
         try:
-            self._gossip.proxy().leave().get(timeout=2)
+            gossip.leave().get(timeout=2)
         except Exception as error:
             log.warning("node %s: could not announce the leave: %s", self.node_id, error)
             return
@@ -125,7 +164,7 @@ class ClusterManager:
 
     def failed_actors(self) -> list[str]:
         """Names of this node's actors that died (a bug, or a state machine that raised)."""
-        return [ref.actor_class.__name__ for ref in self._actors if not ref.is_alive()]
+        return [ref.actor_class.__name__ for ref in self._refs.values() if not ref.is_alive()]
 
     def __enter__(self) -> ClusterManager:
         return self.start()
@@ -133,62 +172,44 @@ class ClusterManager:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    # ----- accessors (filled by the Raft, gossip, balancing, fencing and failover subsystems) ---
+    # ----- accessors: None for a subsystem that is not running ---------------------------------
+
+    def subsystem(self, name: str) -> pykka.ActorProxy | None:
+        """The proxy of the running subsystem `name` (a spec's name), None if it is not running."""
+        ref = self._refs.get(name)
+        return ref.proxy() if ref is not None else None
 
     def raft(self) -> pykka.ActorProxy | None:
-        return self._raft.proxy() if self._raft is not None else None
+        return self.subsystem("raft")
 
     def membership(self) -> pykka.ActorProxy | None:
-        return self._gossip.proxy() if self._gossip is not None else None
+        return self.subsystem("gossip")
 
     def load_balancer(self) -> pykka.ActorProxy | None:
-        return None
+        return self.subsystem("balancer")
 
     def fencing(self) -> pykka.ActorProxy | None:
-        return None
+        return self.subsystem("fencing")
 
     def failover(self) -> pykka.ActorProxy | None:
-        return None
+        return self.subsystem("failover")
 
     # ----- status ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The node's status document (CONTRACT section 4), safe to call from any thread."""
-        peers = self.transport.peer_stats()
+        """The node's status document (CONTRACT section 4): every subsystem's section, as
+        contributed to the status board; safe to call from any thread."""
+        return self.board.document()
+
+    def members(self) -> dict[str, Any]:
+        """The gossip view of the membership, one entry per member, this node included."""
+        return gossip_view(self.board)
+
+    def _node_section(self) -> dict[str, Any]:
         uptime = time.monotonic() - self._started_at if self._started_at else 0.0
-        raft = self.board.raft
         return {
             "id": self.node_id,
             "cluster": self.config.cluster,
             "role": self.node_config.role,
             "uptime_s": round(uptime, 3),
-            **(dataclasses.asdict(raft) if raft is not None else {}),
-            "members": {
-                member_id: info["state"]
-                for member_id, info in self.members()["members"].items()
-                if member_id != self.node_id
-            },
-            "peers": {
-                peer_id: {
-                    "hearing": stats.hearing,
-                    "connected": stats.connected,
-                    "last_heard_s": stats.last_heard_s,
-                    "msgs_in": stats.msgs_in,
-                    "msgs_out": stats.msgs_out,
-                    "bytes_in": stats.bytes_in,
-                    "bytes_out": stats.bytes_out,
-                    "drops_out": stats.drops_out,
-                }
-                for peer_id, stats in peers.items()
-            },
-            "dropped": {**self.transport.drop_counts(), **self.board.body_drops},
-            "closed_connections": self.transport.closed_connections,
-        }
-
-    def members(self) -> dict[str, Any]:
-        """The gossip view of the membership, one entry per member, this node included."""
-        members = self.board.members or {}
-        return {
-            "members": {member: dataclasses.asdict(info) for member, info in members.items()},
-            "version": self.board.members_version,
         }

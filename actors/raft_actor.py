@@ -1,7 +1,9 @@
-"""`RaftActor`: drives the Raft core for one node: ticks, peer messages, client writes and reads.
+"""`RaftActor`: drives the Raft core of one node and its key-value service: ticks, peer
+messages, client writes and reads.
 
-It persists (one fsync per batch) before sending, applies committed entries to the state machine,
-answers clients, and takes snapshots when the core asks. Protocol logic stays in `caddy/raft`.
+A driver only: the Ready order is `caddy.raft.driver`'s, the requests' bookkeeping is
+`caddy.replication.service`'s; this actor turns mailbox messages into their inputs and their
+outputs into sends, replies, status and node events.
 """
 
 from __future__ import annotations
@@ -11,52 +13,52 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pykka
 
-from actors.reading_inbox import ReadFailed, ReadingInbox
+from actors.events import EventBus
+from actors.reading_inbox import ReadFailed, ReadingInbox, ReadRouters
 from actors.status_board import RaftStatus, StatusBoard
 from actors.ticker import Tick
 from actors.transport import ClientRoute, Inbound, InboundBatch, Transport
 from caddy.config import ClusterConfig
 from caddy.errors import NotLeader, WireError
+from caddy.events import (
+    LeaderChanged,
+    LeaderElected,
+    LeaderLost,
+    MembershipChanged,
+    SnapshotInstalled,
+    SnapshotTaken,
+)
 from caddy.raft.codec import from_wire, to_wire
+from caddy.raft.driver import RaftDriver, ReadyHandler, write_snapshot_file
 from caddy.raft.errors import RequestRejected
 from caddy.raft.membership import MemberRole
 from caddy.raft.messages import Message
 from caddy.raft.node import RaftNode
-from caddy.raft.ready import SEND_BEFORE_PERSIST, Ready, StateRole
-from caddy.raft.types import EntryKind, SnapshotMeta
-from caddy.replication.requests import (
-    ClientRequest,
-    RequestError,
-    parse_request,
-    result_reply,
-    writes_entry,
-)
+from caddy.raft.read_index import ReadState
+from caddy.raft.ready import Ready, Snapshot, SoftState, StateRole
+from caddy.raft.storage_api import LogStorage
+from caddy.raft.timings import RaftTimings
+from caddy.raft.types import Entry, EntryKind, Membership, SnapshotMeta
+from caddy.replication.service import KeyValueService
 from caddy.replication.sessions import SessionStateMachine
-from caddy.replication.state_machine import StateMachine, ok_result
+from caddy.replication.state_machine import StateMachine
 from caddy.storage import SqliteLogStorage
 
 log = logging.getLogger(__name__)
 
+# Messages handled before the Ready loop runs, at most: many requests queued behind each other
+# ride in one append and one fsync, and a never-empty inbox cannot starve the loop.
 MAX_MESSAGES_PER_READY = 512
-EXPIRY_CHECK_TICKS = 10
-# Writes proposed together share a log entry up to this size; a larger write gets its own.
-MAX_ENTRY_BYTES = 256 * 1024
+EXPIRY_CHECK_TICKS = 10  # writes past their deadline are answered this often
 # Each node snapshots up to this much later than the thresholds say (drawn anew each time), so
-# the nodes do not all pause together: only a paused leader holds up the cluster's writes.
+# the nodes do not all pause together: only a paused leader holds up the cluster's writes. Not a
+# setting: it spreads pauses, it changes no guarantee.
 SNAPSHOT_JITTER_PERCENT = 50
-
-
-@dataclass(frozen=True, slots=True)
-class ReadRouters:
-    """Tell the Raft actor, once the transport runs, to read the routers on its own thread;
-    `handler` is what its `raft` and `kv` prefixes are registered with."""
-
-    handler: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,24 +71,44 @@ class SnapshotWritten:
     error: BaseException | None
 
 
-@dataclass(slots=True)
-class _PendingEntry:
-    """The clients waiting for one proposed entry, in the order of its writes."""
+class ThreadSnapshotWriter:
+    """The node's own snapshots are packed and written on a thread of their own, off the Raft
+    thread: packing, writing and syncing a large state take longer than many rounds of
+    replication. The actor hears of each by a `SnapshotWritten` message."""
 
-    routes: list[ClientRoute]
-    term: int
-    deadline: float  # monotonic; past it the clients are told the outcome is unknown
+    def __init__(self, node_id: str, storage: LogStorage, tell: Callable[[Any], None]) -> None:
+        self._storage = storage
+        self._tell = tell
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"snapshot-{node_id}")
+        self.writing: Future[bytes] | None = None
+
+    def start(self, meta: SnapshotMeta, view: Callable[[], bytes]) -> None:
+        writing = self._executor.submit(write_snapshot_file, self._storage, meta, view)
+        self.writing = writing
+        writing.add_done_callback(lambda done: self._report(meta, done))
+
+    def finish(self) -> None:
+        if self.writing is not None:
+            self.writing.result()
+
+    def shutdown(self) -> None:
+        """Wait for a write in progress; a stopping node's next start completes what it wrote."""
+        self._executor.shutdown()
+
+    def _report(self, meta: SnapshotMeta, done: Future[bytes]) -> None:
+        """On the writer thread."""
+        error = done.exception()
+        written = SnapshotWritten(meta, b"" if error else done.result(), error)
+        try:
+            self._tell(written)
+        except pykka.ActorDeadError:  # stopping: the next start completes what was written
+            pass
 
 
-@dataclass(slots=True)
-class _PendingRead:
-    route: ClientRoute
-    key: str
-    index: int | None = None  # the read index, once the leader confirmed it
+class RaftActor(pykka.ThreadingActor, ReadyHandler):
+    """One node's Raft driver. Peer `raft.*` and client `kv.*` frames arrive in `InboundBatch`es.
 
-
-class RaftActor(pykka.ThreadingActor):
-    """One node's Raft driver. Peer `raft.*` and client `kv.*` frames arrive in `InboundBatch`es."""
+    `storage`: any `LogStorage`; the node's SQLite log under its data dir unless given."""
 
     def __init__(
         self,
@@ -95,28 +117,32 @@ class RaftActor(pykka.ThreadingActor):
         transport: Transport,
         state_machine: StateMachine,
         board: StatusBoard,
+        *,
+        storage: LogStorage | None = None,
+        events: EventBus | None = None,
     ) -> None:
         super().__init__()
         self._board = board
+        self._events = events
         self._node_id = node_id
         self._transport = transport
         self._reader = state_machine  # serves linearizable reads once ReadIndex confirmed them
         self._state_machine = SessionStateMachine(state_machine)
-        self._storage = SqliteLogStorage(
-            config.node_data_dir(node_id), node_id=node_id, cluster=config.cluster
-        )
+        if storage is None:
+            storage = SqliteLogStorage(
+                config.node_data_dir(node_id), node_id=node_id, cluster=config.cluster
+            )
+        self._storage = storage
         recovered = self._storage.load()
         if recovered.snapshot_data:
             self._state_machine.restore(recovered.snapshot_data)
-        raft, tick_ms = config.raft, config.tick_ms
+        raft = config.raft
         self.core = RaftNode(
             node_id,
             config.membership,
             storage_state=recovered,
             rng=random.Random(),
-            heartbeat_ticks=max(1, raft.heartbeat_ms // tick_ms),
-            election_ticks_min=raft.election_timeout_min_ms // tick_ms,
-            election_ticks_max=raft.election_timeout_max_ms // tick_ms,
+            **RaftTimings.from_settings(raft, config.tick_ms).core_kwargs(),
             max_append_entries=raft.max_append_entries,
             max_append_bytes=raft.max_append_bytes,
             max_inflight=raft.max_inflight,
@@ -128,27 +154,27 @@ class RaftActor(pykka.ThreadingActor):
             lease_reads=raft.lease_reads,
             snapshot_chunk_bytes=config.replication.snapshot_chunk_bytes,
         )
-        self._writes: dict[int, _PendingEntry] = {}  # by log index
-        self._proposals: list[tuple[ClientRoute, ClientRequest]] = []  # not yet proposed
-        # Requests answered at once (redirects, malformed), sent when the mailbox message is done
-        self._answers: list[tuple[ClientRoute, str, dict[str, Any]]] = []
-        self._reads: list[_PendingRead] = []  # waiting for a read index round to start
-        self._reads_in_flight: dict[bytes, list[_PendingRead]] = {}
-        self._reads_ready: list[_PendingRead] = []  # confirmed, waiting for apply
-        self._read_rounds = 0
+        reads = getattr(state_machine, "read", None)
+        self.service: KeyValueService[ClientRoute] = KeyValueService(
+            node_id=node_id,
+            request_timeout_s=config.transport.request_timeout_ms / 1000,
+            read=reads if callable(reads) else None,
+        )
+        self._writer = ThreadSnapshotWriter(node_id, self._storage, self._tell_self)
+        self.driver = RaftDriver(self.core, self._storage, self, writer=self._writer)
         self._ticks = 0
-        self._request_timeout_s = config.transport.request_timeout_ms / 1000
         self._unprocessed = 0
-        # The node's own snapshots are packed and written here, off the Raft thread: packing,
-        # writing and syncing a large state take longer than many rounds of replication.
-        self._snapshot_writer = ThreadPoolExecutor(1, thread_name_prefix=f"snapshot-{node_id}")
-        self._snapshot_writing: Future[bytes] | None = None
-        self._snapshot_wanted = False  # asked for while one was being written
+        self._membership: Membership = self.core.membership  # as last published
+        self._leading = False
         self._publish_status()
+        board.contribute("raft", self._status_section, top_level=True)
 
     @staticmethod
     def _create_actor_inbox() -> ReadingInbox:
         return ReadingInbox()
+
+    def _tell_self(self, message: Any) -> None:
+        self.actor_ref.tell(message)
 
     # ----- mailbox ----------------------------------------------------------------------------
 
@@ -158,23 +184,21 @@ class RaftActor(pykka.ThreadingActor):
         elif isinstance(message, ReadFailed):
             raise message.error
         elif isinstance(message, SnapshotWritten):
-            self._on_snapshot_written(message)
+            if message.error is not None:
+                raise message.error  # as if the write had failed on this thread
+            self.driver.snapshot_written(message.meta, message.data)
         elif isinstance(message, Tick):
             self.core.tick()
             self._ticks += 1
             if self._ticks % EXPIRY_CHECK_TICKS == 0:
-                self._expire_writes()
+                self.service.expire(time.monotonic())
         elif isinstance(message, InboundBatch):
             for inbound in message.messages:
                 self._on_inbound(inbound)
             self._unprocessed += len(message.messages) - 1
         elif isinstance(message, Inbound):
             self._on_inbound(message)
-        if self._answers:  # redirects and refusals, for a batch of requests in one go
-            answers, self._answers = self._answers, []
-            self._transport.reply_many(answers)
-        # Batch: many requests queued behind this one ride in one append and one fsync; a bound
-        # keeps a never-empty inbox from starving the Ready loop.
+        self._send_replies()  # redirects and refusals, for a batch of requests in one go
         self._unprocessed += 1
         if self.actor_inbox.empty() or self._unprocessed >= MAX_MESSAGES_PER_READY:
             self._unprocessed = 0
@@ -182,24 +206,29 @@ class RaftActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self.actor_inbox.stop_reading()
-        self._fail_pending("node stopping")
-        self._snapshot_writer.shutdown()  # a snapshot being written is finished first
+        self.service.fail_pending("node stopping")
+        self._send_replies()
+        self._writer.shutdown()  # a snapshot being written is finished first
         self._storage.close()
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("node %s: raft actor failed: %s", self._node_id, exception_value)
         self.actor_inbox.stop_reading()
-        self._snapshot_writer.shutdown()
+        self._writer.shutdown()
         self._storage.close()
 
     def _on_inbound(self, inbound: Inbound) -> None:
-        if inbound.route is None:
-            self._on_peer_message(inbound)
-        else:
-            self._on_client_request(inbound)
-
-    def _on_peer_message(self, inbound: Inbound) -> None:
         envelope = inbound.envelope
+        if inbound.route is not None:
+            core = self.core
+            self.service.request(
+                inbound.route,
+                envelope.kind,
+                envelope.body,
+                leader=core.state is StateRole.LEADER,
+                leader_hint=core.leader,
+            )
+            return
         try:
             message = from_wire(envelope.kind, envelope.body)
         except WireError as error:
@@ -217,126 +246,72 @@ class RaftActor(pykka.ThreadingActor):
             return
         self.core.step(message)
 
-    def _on_client_request(self, inbound: Inbound) -> None:
-        route = inbound.route
-        assert route is not None
-        try:
-            request = parse_request(inbound.envelope.kind, inbound.envelope.body)
-        except RequestError as error:
-            self._answers.append((route, "kv.error", {"error": str(error), "retry": False}))
-            return
-        if self.core.state is not StateRole.LEADER:
-            self._answers.append((route, "kv.redirect", {"leader": self.core.leader}))
-            return
-        if request.is_read:
-            if not callable(getattr(self._reader, "read", None)):
-                no_reads = "this node's state machine has no read(key) method"
-                self._answers.append((route, "kv.error", {"error": no_reads, "retry": False}))
-                return
-            self._reads.append(_PendingRead(route, request.key))
-        else:
-            self._proposals.append((route, request))
-
-    def _propose_batch(self) -> None:
-        """Every write that arrived since the last batch goes into one append (one round trip),
-        as few log entries as `MAX_ENTRY_BYTES` allows."""
-        if not self._proposals:
-            return
-        batch, self._proposals = self._proposals, []
-        groups = _entry_groups(batch)
-        log_time_ms = int(time.time() * 1000)
-        entries = [writes_entry([r for _, r in group], log_time_ms) for group in groups]
-        try:
-            first, term = self.core.propose_many(entries)
-        except (NotLeader, RequestRejected) as error:
-            leader = error.leader_hint if isinstance(error, NotLeader) else None
-            self._transport.reply_many(
-                [(route, "kv.redirect", {"leader": leader}) for route, _ in batch]
-            )
-            return
-        deadline = time.monotonic() + self._request_timeout_s
-        for index, group in enumerate(groups, first):
-            self._writes[index] = _PendingEntry([route for route, _ in group], term, deadline)
+    def _send_replies(self) -> None:
+        replies = self.service.take_replies()
+        if replies:
+            self._transport.reply_many(replies)
 
     # ----- the Ready loop ---------------------------------------------------------------------
 
     def _process_ready(self) -> None:
-        self._propose_batch()
+        self._propose()
         self._start_read_round()
-        while self.core.has_ready():
-            ready = self.core.ready()
-            # A leader's replication messages go out before its own fsync, so both disks work
-            # at once. Safe here: their acknowledgements are handled on this thread only after
-            # the sync below, so the leader never counts its own unsynced entries. Everything
-            # else (votes, acknowledgements) waits for the sync, as `Ready` requires.
-            for to, message in ready.messages:
-                if isinstance(message, SEND_BEFORE_PERSIST):
-                    self._send(to, message)
-            self._persist(ready)
-            for to, message in ready.messages:
-                if not isinstance(message, SEND_BEFORE_PERSIST):
-                    self._send(to, message)
-            self._apply(ready)
-            if ready.soft_state is not None:
-                self._on_soft_state(ready)
-            for read_state in ready.read_states:
-                for read in self._reads_in_flight.pop(read_state.context, []):
-                    read.index = read_state.index
-                    self._reads_ready.append(read)
-            self.core.advance(ready)
-            self._serve_reads()
-            if ready.snapshot_request is not None:
-                self._take_snapshot()  # after advance: the core's applied index is the machine's
+        self.driver.process()
+        if self.core.membership != self._membership:
+            self._membership = membership = self.core.membership
+            self._publish(
+                MembershipChanged,
+                voters=membership.voters,
+                learners=membership.learners,
+                witnesses=membership.witnesses,
+            )
+        self._send_replies()  # refused proposals and read rounds
         self._publish_status()
 
-    def _send(self, to: str, message: Message) -> None:
+    def _propose(self) -> None:
+        """Every write that arrived since the last proposal goes into one append."""
+        service = self.service
+        proposal = service.take_proposal(int(time.time() * 1000))
+        if proposal is None:
+            return
+        try:
+            first, term = self.core.propose_many(proposal.entries)
+        except (NotLeader, RequestRejected) as error:
+            leader = error.leader_hint if isinstance(error, NotLeader) else None
+            service.proposal_refused(proposal, leader)
+            return
+        service.proposed(proposal, first, term, time.monotonic())
+
+    def _start_read_round(self) -> None:
+        """One ReadIndex round confirms leadership for every read that arrived since the last."""
+        context = self.service.take_read_round()
+        if context is None:
+            return
+        try:
+            self.core.read_index(context)
+        except NotLeader as error:
+            self.service.read_round_refused(context, error.leader_hint)
+
+    # ----- ReadyHandler: what the driver does besides storage ---------------------------------
+
+    def send(self, to: str, message: Message) -> None:
         """Send; the core hears of a message the transport had to drop (it then probes `to`
         instead of filling the window with appends nobody receives)."""
         if not self._transport.send(to, message.kind, to_wire(message)):
             self.core.report_undelivered(to, message)
 
-    def _persist(self, ready: Ready) -> None:
-        storage = self._storage
-        if ready.snapshot is not None:
-            if self._snapshot_writing is not None:  # the leader's snapshot replaces our own
-                self._snapshot_writing.result()
-            storage.save_snapshot(ready.snapshot.meta, ready.snapshot.data)
-            if self.core.member_role is not MemberRole.WITNESS:
-                self._state_machine.restore(ready.snapshot.data)
-        if ready.entries:
-            storage.append(ready.entries)
-        if ready.hard_state is not None:
-            storage.set_hard_state(ready.hard_state)
-        if ready.must_sync:
-            storage.sync()
+    def restore(self, snapshot: Snapshot) -> None:
+        self._state_machine.restore(snapshot.data)
+        meta = snapshot.meta
+        self._publish(SnapshotInstalled, index=meta.index, term=meta.term)
 
-    def _apply(self, ready: Ready) -> None:
-        replies: list[tuple[ClientRoute, str, dict[str, Any]]] = []
-        for entry in ready.committed_entries:
-            results: list[Any] = []
-            if entry.kind is EntryKind.COMMAND:
-                results = self._state_machine.apply_batch(entry.data)
-            pending = self._writes.pop(entry.index, None)
-            if pending is None:
-                continue
-            if pending.term != entry.term:  # another leader's entry took this index
-                error = {"error": "leadership changed", "retry": True}
-                replies.extend((route, "kv.error", error) for route in pending.routes)
-            elif len(results) != len(pending.routes):  # not the entry proposed: never expected
-                log.error("node %s: entry %d does not match its writes", self._node_id, entry.index)
-                error = {"error": "entry does not match its writes", "retry": False}
-                replies.extend((route, "kv.error", error) for route in pending.routes)
-            else:
-                replies.extend(
-                    (route, *result_reply(result))
-                    for route, result in zip(pending.routes, results, strict=True)
-                )
-        if replies:
-            self._transport.reply_many(replies)
+    def apply(self, entries: list[Entry]) -> None:
+        service, machine, command = self.service, self._state_machine, EntryKind.COMMAND
+        for entry in entries:
+            results = machine.apply_batch(entry.data) if entry.kind is command else []
+            service.committed(entry.index, entry.term, results)
 
-    def _on_soft_state(self, ready: Ready) -> None:
-        soft = ready.soft_state
-        assert soft is not None
+    def soft_state(self, soft: SoftState) -> None:
         log.info(
             "node %s: %s in term %d (leader %s)",
             self._node_id,
@@ -344,111 +319,37 @@ class RaftActor(pykka.ThreadingActor):
             soft.term,
             soft.leader,
         )
-        if soft.state is not StateRole.LEADER:
-            self._fail_pending("leadership lost")
+        was_leader, self._leading = self._leading, soft.state is StateRole.LEADER
+        if not self._leading:
+            self.service.fail_pending("leadership lost")
+        self._publish_status()  # subscribers that look at the status see the new state
+        state = _state_name(self.core)
+        self._publish(LeaderChanged, term=soft.term, leader=soft.leader, state=state)
+        if self._leading and not was_leader:
+            self._publish(LeaderElected, term=soft.term)
+        elif was_leader and not self._leading:
+            self._publish(LeaderLost, term=soft.term, leader=soft.leader)
 
-    def _expire_writes(self) -> None:
-        """Writes not committed within the request timeout: the client may retry them."""
-        now = time.monotonic()
-        expired = [index for index, pending in self._writes.items() if pending.deadline < now]
-        error = {"error": "request timeout", "retry": True}
-        for index in expired:
-            pending = self._writes.pop(index)
-            self._transport.reply_many([(route, "kv.error", error) for route in pending.routes])
+    def read_states(self, states: list[ReadState]) -> None:
+        for state in states:
+            self.service.read_confirmed(state.context, state.index)
 
-    def _fail_pending(self, reason: str) -> None:
-        """Answer every waiting client: the outcome of a write is unknown, so they retry."""
-        routes = [route for pending in self._writes.values() for route in pending.routes]
-        self._writes.clear()
-        routes.extend(route for route, _ in self._proposals)
-        self._proposals.clear()
-        reads = [*self._reads, *self._reads_ready]
-        for waiting in self._reads_in_flight.values():
-            reads.extend(waiting)
-        routes.extend(read.route for read in reads)
-        error = {"error": reason, "retry": True}
-        self._transport.reply_many([(route, "kv.error", error) for route in routes])
-        self._reads.clear()
-        self._reads_ready.clear()
-        self._reads_in_flight.clear()
+    def advanced(self, ready: Ready) -> None:
+        self.service.serve_reads(self.core.applied_index)
+        self._send_replies()  # the answers to what this Ready committed, before the next fsync
 
-    def _start_read_round(self) -> None:
-        """One ReadIndex round confirms leadership for every read that arrived since the last."""
-        if not self._reads:
-            return
-        self._read_rounds += 1
-        context = self._read_rounds.to_bytes(8, "big")
-        try:
-            self.core.read_index(context)
-        except NotLeader as error:
-            redirect = {"leader": error.leader_hint}
-            replies = [(read.route, "kv.redirect", redirect) for read in self._reads]
-            self._transport.reply_many(replies)
-            self._reads.clear()
-            return
-        self._reads_in_flight[context] = self._reads
-        self._reads = []
+    def snapshot_view(self) -> Callable[[], bytes]:
+        return self._state_machine.snapshot_view()
 
-    def _serve_reads(self) -> None:
-        applied = self.core.applied_index
-        still_waiting, replies = [], []
-        for read in self._reads_ready:
-            if read.index is not None and read.index <= applied:
-                replies.append((read.route, *result_reply(ok_result(self._reader.read(read.key)))))
-            else:
-                still_waiting.append(read)
-        self._reads_ready = still_waiting
-        if replies:
-            self._transport.reply_many(replies)
+    def snapshot_taken(self, meta: SnapshotMeta) -> None:
+        log.info("node %s: snapshot at index %d written", self._node_id, meta.index)
+        self._publish(SnapshotTaken, index=meta.index, term=meta.term)
 
-    def _take_snapshot(self) -> None:
-        """Take a view of the state machine at the applied index (cheap: a copy, not the bytes);
-        the writer thread makes the bytes and the durable file from it, and only then are the
-        in-memory and stored logs compacted (`_on_snapshot_written`)."""
-        if self._snapshot_writing is not None:
-            self._snapshot_wanted = True  # the core asks once: taken when this one is written
-            return
-        applied = self.core.applied_index
-        if applied <= self.core.log.snapshot.index:
-            return
-        meta = self.core.snapshot_meta(applied)
-        if self.core.member_role is MemberRole.WITNESS:
-            view: Callable[[], bytes] = bytes  # a witness has no state: it only trims its log
-        else:
-            view = self._state_machine.snapshot_view()
-        writing = self._snapshot_writer.submit(self._write_snapshot, meta, view)
-        self._snapshot_writing = writing
-        writing.add_done_callback(lambda done: self._tell_written(meta, done))
+    # ----- status, events and control ---------------------------------------------------------
 
-    def _write_snapshot(self, meta: SnapshotMeta, view: Callable[[], bytes]) -> bytes:
-        """On the writer thread: the snapshot's bytes, once durable."""
-        data = view()
-        self._storage.write_snapshot(meta, data)
-        return data
-
-    def _tell_written(self, meta: SnapshotMeta, done: Future[bytes]) -> None:
-        """On the writer thread."""
-        error = done.exception()
-        written = SnapshotWritten(meta, b"" if error else done.result(), error)
-        try:
-            self.actor_ref.tell(written)
-        except pykka.ActorDeadError:  # stopping: the next start completes what was written
-            pass
-
-    def _on_snapshot_written(self, written: SnapshotWritten) -> None:
-        self._snapshot_writing = None
-        if written.error is not None:
-            raise written.error  # as if the write had failed on this thread
-        meta = written.meta
-        if meta.index > self.core.log.snapshot.index:  # else a leader's snapshot overtook it
-            self.core.compact(meta.index, written.data)
-            self._storage.cut_log_to_snapshot(meta)
-            log.info("node %s: snapshot at index %d written", self._node_id, meta.index)
-        if self._snapshot_wanted:
-            self._snapshot_wanted = False
-            self._take_snapshot()
-
-    # ----- status and control -----------------------------------------------------------------
+    def _publish(self, event_type: type, **fields: Any) -> None:
+        if self._events is not None:
+            self._events.publish(event_type, **fields)
 
     def _publish_status(self) -> None:
         core = self.core
@@ -460,9 +361,14 @@ class RaftActor(pykka.ThreadingActor):
             applied_index=core.applied_index,
             last_log_index=core.last_index,
             snapshot_index=core.log.snapshot.index,
-            pending_writes=sum(len(pending.routes) for pending in self._writes.values()),
+            pending_writes=self.service.pending_writes,
             followers=core.follower_progress(),
         )
+
+    def _status_section(self) -> dict[str, Any]:
+        """Called on the asking thread: reads the posted snapshot only."""
+        raft = self._board.raft
+        return asdict(raft) if raft is not None else {}
 
     def hand_over_leadership(self) -> str | None:
         """If leader, start a transfer to the most caught-up voter; returns its id."""
@@ -483,19 +389,3 @@ def _state_name(core: RaftNode) -> str:
     if core.state is StateRole.PRE_CANDIDATE:
         return "candidate"
     return core.state.value
-
-
-def _entry_groups(
-    batch: list[tuple[ClientRoute, ClientRequest]],
-) -> list[list[tuple[ClientRoute, ClientRequest]]]:
-    """Consecutive writes, cut into groups of about `MAX_ENTRY_BYTES` (one entry each)."""
-    groups: list[list[tuple[ClientRoute, ClientRequest]]] = [[]]
-    size = 0
-    for item in batch:
-        item_size = item[1].size
-        if groups[-1] and size + item_size > MAX_ENTRY_BYTES:
-            groups.append([])
-            size = 0
-        groups[-1].append(item)
-        size += item_size
-    return groups

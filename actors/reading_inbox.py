@@ -33,6 +33,14 @@ class ReadFailed:
     error: BaseException
 
 
+@dataclass(frozen=True, slots=True)
+class ReadRouters:
+    """Tell an actor with a `ReadingInbox`, once the transport runs, to read the routers on its
+    own thread; `handler` is what its prefixes are registered with."""
+
+    handler: Any
+
+
 class ReadingInbox(queue.Queue):
     """pykka's inbox (a Queue) for an actor that, once `read_from(transport)` ran on its thread,
     reads the transport's routers whenever its queue is empty: the messages for it come back as

@@ -29,6 +29,7 @@ import pykka
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from actors.status_board import StatusBoard
 from caddy.config import ClusterConfig
 from caddy.errors import WireError
 from caddy.wire import (
@@ -748,3 +749,25 @@ class Transport:
                     peer.stats.connected = True
                 elif event == zmq.EVENT_DISCONNECTED:
                     peer.stats.connected = False
+
+
+def transport_status(transport: Transport, board: StatusBoard) -> dict[str, Any]:
+    """The transport's part of the node's status: per-peer link figures and dropped frames
+    (the transport's own drops and the bodies its actors refused)."""
+    return {
+        "peers": {
+            peer_id: {
+                "hearing": stats.hearing,
+                "connected": stats.connected,
+                "last_heard_s": stats.last_heard_s,
+                "msgs_in": stats.msgs_in,
+                "msgs_out": stats.msgs_out,
+                "bytes_in": stats.bytes_in,
+                "bytes_out": stats.bytes_out,
+                "drops_out": stats.drops_out,
+            }
+            for peer_id, stats in transport.peer_stats().items()
+        },
+        "dropped": {**transport.drop_counts(), **board.body_drops},
+        "closed_connections": transport.closed_connections,
+    }

@@ -25,6 +25,7 @@ import zmq
 from caddy.client import check_key, client_codec, socket_options, topology_of
 from caddy.config import ClusterConfig
 from caddy.errors import Unavailable, WireError
+from caddy.replication.replies import OK_KIND, VALUE_FIELD
 from caddy.replication.sessions import MAX_RESULTS_PER_SESSION
 from caddy.request_policy import (
     ATTEMPT_TIMEOUT_S,
@@ -288,9 +289,9 @@ class AsyncClient:
             answers = await self._ask(
                 [leader], kind, body, started + min(self.timeout, ATTEMPT_TIMEOUT_S)
             )
-            if (answer := answers[leader]) is not None and answer.kind == "kv.ok":
+            if (answer := answers[leader]) is not None and answer.kind == OK_KIND:
                 self._leader = leader
-                return answer.body.get("value")
+                return answer.body.get(VALUE_FIELD)
             first = answers
         return await self._call_through_policy(kind, body, leader, started, first)
 

@@ -10,6 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from caddy.errors import CaddyError, Timeout, Unavailable
+from caddy.replication.replies import (
+    CODE_FIELD,
+    ERROR_FIELD,
+    ERROR_KIND,
+    LEADER_FIELD,
+    OK_KIND,
+    REDIRECT_KIND,
+    RETRY_FIELD,
+    VALUE_FIELD,
+)
 from caddy.replication.state_machine import ErrorCode
 from caddy.wire import Envelope
 
@@ -72,15 +82,15 @@ class RequestPolicy:
             return False
         self.answered = True
         for node, answer in replies.items():
-            if answer.kind == "kv.ok":
-                self.served_by, self.value = node, answer.body.get("value")
+            if answer.kind == OK_KIND:
+                self.served_by, self.value = node, answer.body.get(VALUE_FIELD)
                 return True
             if not retryable(answer):
-                error = str(answer.body.get("error", answer.kind))
-                if answer.body.get("code") == ErrorCode.SESSION_EXPIRED:
+                error = str(answer.body.get(ERROR_FIELD, answer.kind))
+                if answer.body.get(CODE_FIELD) == ErrorCode.SESSION_EXPIRED:
                     raise SessionExpired(error, retried=self.attempts > 1)
                 raise RequestFailed(error)
-        hints = {answer.body.get("leader") for answer in replies.values()}
+        hints = {answer.body.get(LEADER_FIELD) for answer in replies.values()}
         hinted = [node for node in hints if node in self.node_ids and node not in asked]
         self.target = hinted[0] if len(hinted) == 1 else None
         if self.target is None:  # an election is under way, or the leader asked us to retry
@@ -95,14 +105,14 @@ class RequestPolicy:
 
 
 def retryable(answer: Envelope) -> bool:
-    return answer.kind == "kv.redirect" or (
-        answer.kind == "kv.error" and answer.body.get("retry") is True
+    return answer.kind == REDIRECT_KIND or (
+        answer.kind == ERROR_KIND and answer.body.get(RETRY_FIELD) is True
     )
 
 
 def decisive(answers: dict[str, Envelope | None]) -> bool:
     """Whether an answer settles the request: a success or a definite failure."""
-    return any(a is not None and (a.kind == "kv.ok" or not retryable(a)) for a in answers.values())
+    return any(a is not None and (a.kind == OK_KIND or not retryable(a)) for a in answers.values())
 
 
 def answer_body(envelope: Envelope) -> dict[str, Any]:

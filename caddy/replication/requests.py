@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from caddy.errors import CaddyError, WireError
 from caddy.replication.commands import CommandError, check_command, encode_batch, encode_kv
+from caddy.replication.replies import ERROR_KIND, OK_KIND, ok_body, refusal_body
 from caddy.wire import require_fields
 
 READ_KIND = "kv.get"
@@ -82,12 +83,11 @@ def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:
 
 def result_reply(result: Any) -> tuple[str, dict[str, Any]]:
     """The reply to a client for a state machine result (see `state_machine.ok_result`)."""
-    if isinstance(result, dict) and result.get("ok") is False:
-        return "kv.error", {
-            "error": f"{result.get('error')}: {result.get('detail')}",
-            "code": result.get("error"),  # the ErrorCode, for clients to act on
-            "retry": False,
-        }
-    if isinstance(result, dict) and result.get("ok") is True:
-        return "kv.ok", {"value": result.get("value")}
-    return "kv.ok", {"value": result}
+    if isinstance(result, dict):
+        ok = result.get("ok")
+        if ok is True:  # the common case first: this runs for every write
+            return OK_KIND, ok_body(result.get("value"))
+        if ok is False:
+            code = result.get("error")  # the ErrorCode, for clients to act on
+            return ERROR_KIND, refusal_body(f"{code}: {result.get('detail')}", code)
+    return OK_KIND, ok_body(result)

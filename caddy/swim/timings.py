@@ -9,17 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from caddy.errors import CaddyError
+from caddy.ticks import ms_to_ticks
 
 DEFAULT_MAX_PIGGYBACK_BYTES = 1400  # one Ethernet-sized datagram's worth of gossip per message
 
 
 class SwimError(CaddyError, ValueError):
     """A local misuse of the SWIM core: invalid timings or oversized metadata."""
-
-
-def _ticks(milliseconds: int, tick_ms: int) -> int:
-    """Rounds up, so that a timeout never fires earlier than configured."""
-    return max(1, -(-milliseconds // tick_ms))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +67,10 @@ class SwimTimings:
         """
         values: dict[str, Any] = {
             "tick_ms": tick_ms,
-            "probe_interval_ticks": _ticks(settings.probe_interval_ms, tick_ms),
-            "probe_timeout_ticks": _ticks(settings.probe_timeout_ms, tick_ms),
-            "gossip_interval_ticks": _ticks(settings.gossip_interval_ms, tick_ms),
-            "push_pull_interval_ticks": _ticks(settings.push_pull_interval_ms, tick_ms),
+            "probe_interval_ticks": ms_to_ticks(settings.probe_interval_ms, tick_ms),
+            "probe_timeout_ticks": ms_to_ticks(settings.probe_timeout_ms, tick_ms),
+            "gossip_interval_ticks": ms_to_ticks(settings.gossip_interval_ms, tick_ms),
+            "push_pull_interval_ticks": ms_to_ticks(settings.push_pull_interval_ms, tick_ms),
             "indirect_checks": settings.indirect_checks,
             "suspicion_mult": settings.suspicion_mult,
             "suspicion_max_timeout_mult": settings.suspicion_max_timeout_mult,

@@ -31,6 +31,7 @@ def test_a_single_node_elects_itself_and_serves_writes(node):
 
 def test_a_dead_actor_is_reported_and_stop_still_returns(node):
     assert node.failed_actors() == []
-    node._raft.tell(Inbound(envelope=None))  # a message no driver can handle: the actor dies
+    # A message no driver can handle: the actor dies.
+    node.raft().actor_ref.tell(Inbound(envelope=None))
     assert wait_until(node.failed_actors, 10, "the raft actor to be reported dead") == ["RaftActor"]
     node.stop(graceful=False)

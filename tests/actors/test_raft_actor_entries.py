@@ -3,7 +3,7 @@ large ones are cut into entries of bounded size, and every client gets its own a
 
 import pytest
 
-from actors import local_cluster, raft_actor
+from actors import local_cluster
 from actors.raft_actor import RaftActor
 from actors.status_board import StatusBoard
 from actors.transport import ClientRoute, Inbound, InboundBatch
@@ -84,8 +84,8 @@ def test_writes_that_arrive_together_share_one_entry_and_each_gets_its_answer(le
 
 
 def test_large_writes_are_cut_into_entries_of_bounded_size(leader, monkeypatch):
-    monkeypatch.setattr(raft_actor, "MAX_ENTRY_BYTES", 2500)
     actor, transport = leader
+    monkeypatch.setattr(actor.service, "_max_entry_bytes", 2500)
     before = actor.core.last_index
     value = b"v" * 1000
     actor.on_receive(InboundBatch([put(i, f"k{i}", value, seq=i) for i in range(1, 6)]))

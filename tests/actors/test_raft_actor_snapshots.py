@@ -156,7 +156,7 @@ def test_a_snapshot_from_the_leader_waits_for_the_one_being_written(leader):
     data = SessionStateMachine(KeyValueStore()).snapshot()
     ready = actor.core.ready()
     ready.snapshot = Snapshot(received, data)
-    writing = actor._snapshot_writing
+    writing = actor._writer.writing
 
     class ReleasedByTheWait:
         """Our write is released only when the Raft thread waits for it: saving the leader's
@@ -166,8 +166,8 @@ def test_a_snapshot_from_the_leader_waits_for_the_one_being_written(leader):
             gate.release(own)
             return writing.result()
 
-    actor._snapshot_writing = ReleasedByTheWait()
-    actor._persist(ready)
+    actor._writer.writing = ReleasedByTheWait()
+    actor.driver._persist(ready)
     assert gate.events == [
         ("start", own),
         ("end", own),

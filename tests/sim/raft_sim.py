@@ -8,19 +8,22 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
 
 from caddy.errors import NotLeader
 from caddy.raft.codec import from_wire, to_wire
+from caddy.raft.driver import RaftDriver, ReadyHandler, write_snapshot_file
 from caddy.raft.errors import RequestRejected
 from caddy.raft.membership import ChangeKind, MemberRole, members, role_of
 from caddy.raft.memory_storage import MemoryLogStorage
 from caddy.raft.messages import Message
 from caddy.raft.node import RaftNode
-from caddy.raft.ready import SEND_BEFORE_PERSIST, StateRole
-from caddy.raft.types import Entry, Membership
+from caddy.raft.read_index import ReadState
+from caddy.raft.ready import SEND_BEFORE_PERSIST, Ready, Snapshot, StateRole
+from caddy.raft.types import Entry, Membership, SnapshotMeta
 
 
 class InvariantViolation(AssertionError):
@@ -78,18 +81,34 @@ class StateMachine:
         return cls(applied_index, chain)
 
 
-class SimNode:
-    """Drives one RaftNode over MemoryLogStorage exactly as a real driver must (see Ready)."""
+class SimulatedCrash(Exception):
+    """Raised out of a node's Ready handling where the world made it crash."""
 
-    def __init__(self, node_id: str, bootstrap: Membership, settings: NodeSettings, seed: int):
+
+class SimNode(ReadyHandler):
+    """One node as the real one runs: a RaftNode over MemoryLogStorage, driven by `RaftDriver`,
+    with its own snapshots written later by `SimSnapshotWriter` (as by the node's writer thread).
+    The world injects crashes at chosen points of a Ready (see `World.crash_point`)."""
+
+    def __init__(
+        self, world: World, node_id: str, bootstrap: Membership, settings: NodeSettings, seed: int
+    ):
+        self.world = world
         self.id = node_id
         self.bootstrap = bootstrap
         self.settings = settings
         self.storage = MemoryLogStorage()
         self.rng = random.Random(seed)
+        # Its own stream, so that snapshot timing leaves each seed's main schedule as it was.
+        self.writer_rng = random.Random(f"{world.seed}-{node_id}-writer")
         self.core: RaftNode | None = None
+        self.driver: RaftDriver | None = None
+        self.writer: SimSnapshotWriter | None = None
         self.sm = StateMachine()
         self.incarnation = 0
+        self._crash_at: int | None = None
+        self._late_messages = 0  # messages of the current Ready sent after persisting
+        self._late_sent: int | None = None  # None until the Ready is persisted
         self.start()
 
     @property
@@ -106,59 +125,117 @@ class SimNode:
             **self.settings.as_kwargs(),
         )
         self.sm = StateMachine.restore(recovered.snapshot_data)
+        self.writer = SimSnapshotWriter(self)
+        self.driver = RaftDriver(
+            self.core,
+            self.storage,
+            self,
+            writer=self.writer,
+            send_before_persist=self.world.send_before_persist,
+        )
         self.incarnation += 1
 
     def crash(self, keep_unsynced: int = 0) -> None:
         self.storage.crash(keep_unsynced)
-        self.core = None
+        self.core = self.driver = self.writer = None
 
-    def handle_ready(self, world: World, faults: bool) -> None:
+    def handle_ready(self, faults: bool) -> None:
         """Carry out one Ready, unless the world makes the node crash part way through."""
-        core = self.core
-        assert core is not None
+        world = self.world
         world.note_commit(self)
-        ready = core.ready()
-        storage = self.storage
-        world.check_ready(self, ready)
-        crash_at = world.crash_point(self, ready) if faults else None
-        messages = ready.messages
-        if world.send_before_persist:  # etcd's parallel leader append, as RaftActor does
-            early = [item for item in messages if isinstance(item[1], SEND_BEFORE_PERSIST)]
-            messages = [item for item in messages if not isinstance(item[1], SEND_BEFORE_PERSIST)]
-            for to, message in early:
-                world.network.send(self.id, to, message)
-        if ready.snapshot is not None:
-            storage.save_snapshot(ready.snapshot.meta, ready.snapshot.data)
-            world.snapshots_installed += 1
-            if core.member_role is not MemberRole.WITNESS:
-                self.sm = StateMachine.restore(ready.snapshot.data)
-                world.check_installed(self)
-        if ready.entries:
-            storage.append(ready.entries)
-        if ready.hard_state is not None:
-            storage.set_hard_state(ready.hard_state)
-        if crash_at == 0:  # written but not synced: a random prefix of the writes survives
-            self.crash(world.rng.randint(0, storage.unsynced_writes))
+        self._faults = faults
+        try:
+            self.driver.handle_ready()
+        except SimulatedCrash:
             return
-        if ready.must_sync:
-            storage.sync()
-        for position, (to, message) in enumerate(messages):
-            if crash_at == 1 and position == len(messages) // 2:
+        if self._crash_at == 2:
+            self.crash(world.rng.randint(0, self.storage.unsynced_writes))
+
+    # ----- ReadyHandler --------------------------------------------------------------------
+
+    def taken(self, ready: Ready) -> None:
+        world = self.world
+        world.check_ready(self, ready)
+        self._crash_at = world.crash_point(self, ready) if self._faults else None
+        early = SEND_BEFORE_PERSIST if world.send_before_persist else ()
+        self._late_messages = sum(1 for _, m in ready.messages if not isinstance(m, early))
+        self._late_sent = None
+
+    def before_sync(self, ready: Ready) -> None:
+        if self._crash_at == 0:  # written but not synced: a random prefix of the writes survives
+            self.crash(self.world.rng.randint(0, self.storage.unsynced_writes))
+            raise SimulatedCrash
+        self._late_sent = 0
+
+    def send(self, to: str, message: Message) -> None:
+        if self._late_sent is not None:
+            if self._crash_at == 1 and self._late_sent == self._late_messages // 2:
                 self.crash()
-                return
-            world.network.send(self.id, to, message)
-        for entry in ready.committed_entries:
+                raise SimulatedCrash
+            self._late_sent += 1
+        self.world.network.send(self.id, to, message)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self.world.snapshots_installed += 1
+        self.sm = StateMachine.restore(snapshot.data)
+        self.world.check_installed(self)
+
+    def apply(self, entries: list[Entry]) -> None:
+        for entry in entries:
             self.sm.apply(entry)
-            world.check_applied(self, entry)
-        for read in ready.read_states:
-            world.client.read_served(self, read)
-        core.advance(ready)
-        if ready.snapshot_request is not None:
-            data = b"" if core.member_role is MemberRole.WITNESS else self.sm.snapshot()
-            meta = core.compact(core.applied_index, data)
-            storage.save_snapshot(meta, data)
-        if crash_at == 2:
-            self.crash(world.rng.randint(0, storage.unsynced_writes))
+            self.world.check_applied(self, entry)
+
+    def read_states(self, states: list[ReadState]) -> None:
+        for read in states:
+            self.world.client.read_served(self, read)
+
+    def snapshot_view(self) -> Callable[[], bytes]:
+        applied_index, chain = self.sm.applied_index, self.sm.chain  # a copy, as the node takes
+        if applied_index != self.core.applied_index:
+            raise InvariantViolation(
+                f"{self.id} snapshots at {applied_index}, not the applied index"
+            )
+        return lambda: StateMachine(applied_index, chain).snapshot()
+
+    def snapshot_taken(self, meta: SnapshotMeta) -> None:
+        self.world.snapshots_taken += 1
+
+
+class SimSnapshotWriter:
+    """A node's snapshot writer thread, in simulated steps: the file is written some steps after
+    the view was taken, and the Raft thread hears of it some steps after that. A crash in
+    between leaves a durable file with an uncut log, which the next start completes."""
+
+    WRITE_DELAYS = (0, 0, 1, 3, 10)
+    REPORT_DELAYS = (0, 1, 5)
+
+    def __init__(self, node: SimNode) -> None:
+        self._node = node
+        self._job: list | None = None  # [meta, view, write at, data once written, report at]
+
+    def start(self, meta: SnapshotMeta, view: Callable[[], bytes]) -> None:
+        rng, now = self._node.writer_rng, self._node.world.now
+        self._job = [meta, view, now + rng.choice(self.WRITE_DELAYS), None, None]
+
+    def finish(self) -> None:
+        if self._job is not None and self._job[3] is None:
+            self._write(self._job)
+
+    def step(self, now: int) -> None:
+        job = self._job
+        if job is None:
+            return
+        if job[3] is None and now >= job[2]:
+            self._write(job)
+        if job[3] is not None and now >= job[4]:
+            self._job = None
+            self._node.driver.snapshot_written(job[0], job[3])
+
+    def _write(self, job: list) -> None:
+        node = self._node
+        job[3] = write_snapshot_file(node.storage, job[0], job[1])
+        job[4] = node.world.now + node.writer_rng.choice(self.REPORT_DELAYS)
+        node.world.log(f"{node.id} wrote snapshot {job[0].index}")
 
 
 @dataclass(slots=True)
@@ -380,6 +457,7 @@ class World:
         bootstrap = self.scenario.membership
         self.nodes = {
             node_id: SimNode(
+                self,
                 node_id,
                 bootstrap if node_id not in self.scenario.spares else Membership(),
                 self.settings,
@@ -400,6 +478,7 @@ class World:
         self.latest_commit: tuple[int, int, frozenset[str]] = (0, 0, frozenset())
         self.trace: list[str] = []
         self.snapshots_installed = 0
+        self.snapshots_taken = 0
 
     # ------------------------------------------------------------------ helpers
 
@@ -670,10 +749,12 @@ class World:
         for node in self.live_nodes():
             node.core.tick()
         for node in self.live_nodes():
+            node.writer.step(self.now)
+        for node in self.live_nodes():
             for _ in range(8):
                 if not node.alive or not node.core.has_ready():
                     break
-                node.handle_ready(self, faults)
+                node.handle_ready(faults)
         self.check_step()
 
     def crash_point(self, node: SimNode, ready) -> int | None:

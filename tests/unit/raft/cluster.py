@@ -1,16 +1,17 @@
 """A hand-driven cluster of RaftNodes for unit tests: explicit ticks, delivery and cut links.
 
-Each node is driven exactly as Ready prescribes: persist, sync, send, apply, advance.
+Each node is driven by the nodes' own `RaftDriver`: persist, sync, send, apply, advance.
 """
 
 from __future__ import annotations
 
 import random
 
+from caddy.raft.driver import RaftDriver, ReadyHandler
 from caddy.raft.memory_storage import MemoryLogStorage
 from caddy.raft.messages import AppendEntries, Message
 from caddy.raft.node import RaftNode
-from caddy.raft.ready import Ready, StateRole
+from caddy.raft.ready import Ready, Snapshot, StateRole
 from caddy.raft.types import Entry, EntryKind, Membership
 
 DEFAULTS = {"heartbeat_ticks": 1, "election_ticks_min": 10, "election_ticks_max": 20}
@@ -67,24 +68,15 @@ class Cluster:
         self.down.add(node_id)
 
     def process(self, node_id: str) -> None:
-        """Drive one node's Ready batches until it has none."""
-        node = self.nodes[node_id]
-        storage = self.storage[node_id]
-        while node.has_ready():
-            ready = node.ready()
-            self.readies[node_id].append(ready)
-            if ready.snapshot is not None:
-                storage.save_snapshot(ready.snapshot.meta, ready.snapshot.data)
-                self.snapshots[node_id] = ready.snapshot.data
-            if ready.entries:
-                storage.append(ready.entries)
-            if ready.hard_state is not None:
-                storage.set_hard_state(ready.hard_state)
-            if ready.must_sync:
-                storage.sync()
-            self.outbox.extend((node_id, to, message) for to, message in ready.messages)
-            self.applied[node_id].extend(ready.committed_entries)
-            node.advance(ready)
+        """Drive one node's Ready batches until it has none (snapshot requests are left to the
+        tests, which compact by hand)."""
+        RaftDriver(
+            self.nodes[node_id],
+            self.storage[node_id],
+            _Recorder(self, node_id),
+            writer=None,
+            send_before_persist=False,
+        ).process()
 
     def live(self) -> list[str]:
         return [node_id for node_id in self.nodes if node_id not in self.down]
@@ -151,3 +143,22 @@ class Cluster:
         self.deliver()
         if leader in self.live():
             self.tick(only=[leader])
+
+
+class _Recorder(ReadyHandler):
+    """Records what one node's Readies hold: the Readies, installed snapshots, sends, applies."""
+
+    def __init__(self, cluster: Cluster, node_id: str) -> None:
+        self.cluster, self.node_id = cluster, node_id
+
+    def taken(self, ready: Ready) -> None:
+        self.cluster.readies[self.node_id].append(ready)
+
+    def send(self, to: str, message: Message) -> None:
+        self.cluster.outbox.append((self.node_id, to, message))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self.cluster.snapshots[self.node_id] = snapshot.data
+
+    def apply(self, entries: list[Entry]) -> None:
+        self.cluster.applied[self.node_id].extend(entries)

@@ -1,0 +1,95 @@
+"""The subsystems a node runs, as one list of specs: what each owns and how it is started.
+
+`ClusterManager` starts them in list order and stops them in reverse; a new subsystem joins a node
+by adding a spec here (or to the list a user passes to `ClusterManager`), and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.client_endpoint import ClientEndpointActor
+from actors.events import EventBus
+from actors.gossip_actor import GossipActor
+from actors.raft_actor import RaftActor
+from actors.status_board import StatusBoard
+from actors.transport import Transport
+from caddy.config import ClusterConfig
+from caddy.replication.state_machine import StateMachine
+
+
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    """What a subsystem is started with: the node's config, transport, status board and events."""
+
+    node_id: str
+    config: ClusterConfig
+    transport: Transport
+    board: StatusBoard
+    events: EventBus
+    state_machine: StateMachine
+    status: Callable[[], dict[str, Any]]  # the node's whole status document
+    members: Callable[[], dict[str, Any]]  # the gossip view
+
+
+def _always(config: ClusterConfig) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class SubsystemSpec:
+    """One subsystem of a node.
+
+    - `start(context)` starts its actor and returns the ref (it may post status sections on
+      `context.board` and publish on `context.events`);
+    - `prefixes`: the message kinds `PREFIX.*` it owns, peer or client; with `batched`, it gets
+      an `InboundBatch` per drain of the sockets instead of one `Inbound` each;
+    - `ticks`: it is told `Tick()` every `tick_ms`;
+    - `events`: the node event kinds (or prefixes such as `"leader."`) it is told; None: none;
+    - `reads_sockets`: its inbox reads the node's routers itself (`ReadingInbox`; one subsystem
+      at most, the Raft driver, whose messages then skip a thread hand-over);
+    - `enabled(config)`: False when the topology switches it off (its accessor returns None).
+    """
+
+    name: str
+    start: Callable[[NodeContext], pykka.ActorRef]
+    prefixes: tuple[str, ...] = ()
+    batched: bool = False
+    ticks: bool = False
+    events: tuple[str, ...] | None = None
+    reads_sockets: bool = False
+    enabled: Callable[[ClusterConfig], bool] = _always
+
+
+def _start_raft(context: NodeContext) -> pykka.ActorRef:
+    return RaftActor.start(
+        context.config,
+        context.node_id,
+        context.transport,
+        context.state_machine,
+        context.board,
+        events=context.events,
+    )
+
+
+def _start_gossip(context: NodeContext) -> pykka.ActorRef:
+    return GossipActor.start(
+        context.config, context.node_id, context.transport, context.board, events=context.events
+    )
+
+
+def _start_client_endpoint(context: NodeContext) -> pykka.ActorRef:
+    return ClientEndpointActor.start(context.transport, context.status, context.members)
+
+
+RAFT = SubsystemSpec(
+    "raft", _start_raft, prefixes=("raft", "kv"), batched=True, ticks=True, reads_sockets=True
+)
+GOSSIP = SubsystemSpec("gossip", _start_gossip, prefixes=("swim",), ticks=True)
+CLIENT_ENDPOINT = SubsystemSpec("client", _start_client_endpoint, prefixes=("client",))
+
+DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (RAFT, GOSSIP, CLIENT_ENDPOINT)

@@ -1,0 +1,35 @@
+"""Replies of the key-value service: the kinds a node answers `kv.*` requests with, their bodies.
+
+Spelled once here, so that the node that answers and the clients that read the answers agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OK_KIND = "kv.ok"  # the request took effect (a write) or was served (a read)
+ERROR_KIND = "kv.error"  # it did not, or its outcome is unknown (see RETRY_FIELD)
+REDIRECT_KIND = "kv.redirect"  # this node does not lead: ask the leader it names
+
+VALUE_FIELD = "value"  # kv.ok: the operation's value (None when it has none)
+ERROR_FIELD = "error"  # kv.error: one line for humans
+RETRY_FIELD = "retry"  # kv.error: True when a retry may succeed (the outcome is unknown)
+CODE_FIELD = "code"  # kv.error: the state machine's ErrorCode, when it refused the write
+LEADER_FIELD = "leader"  # kv.redirect: the leader this node knows of, or None
+
+
+def ok_body(value: Any) -> dict[str, Any]:
+    return {VALUE_FIELD: value}
+
+
+def error_body(error: str, *, retry: bool) -> dict[str, Any]:
+    return {ERROR_FIELD: error, RETRY_FIELD: retry}
+
+
+def refusal_body(error: str, code: Any) -> dict[str, Any]:
+    """The state machine refused the write (`code`, its ErrorCode): a retry cannot change that."""
+    return {ERROR_FIELD: error, CODE_FIELD: code, RETRY_FIELD: False}
+
+
+def redirect_body(leader: str | None) -> dict[str, Any]:
+    return {LEADER_FIELD: leader}
