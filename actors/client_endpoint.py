@@ -19,7 +19,7 @@ StatusSource = Callable[[], dict[str, Any]]
 
 
 class ClientEndpointActor(pykka.ThreadingActor):
-    """Answers status and membership queries; later issues add the key-value operations."""
+    """Answers status and membership queries (key-value requests go to the Raft actor)."""
 
     def __init__(self, transport: Transport, status: StatusSource, members: StatusSource) -> None:
         super().__init__()

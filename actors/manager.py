@@ -197,7 +197,7 @@ class ClusterManager:
     # ----- status ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The node's status document (CONTRACT section 4): every subsystem's section, as
+        """The node's status document : every subsystem's section, as
         contributed to the status board; safe to call from any thread."""
         return self.board.document()
 

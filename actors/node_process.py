@@ -1,6 +1,6 @@
 """`caddy-node`: run one node in the foreground, or supervise every node of a topology.
 
-Exit status (CONTRACT section 2): 0 clean stop, 2 invalid arguments or topology, 1 anything else.
+Exit status: 0 clean stop, 2 invalid arguments or topology, 1 anything else.
 """
 
 from __future__ import annotations

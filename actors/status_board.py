@@ -56,8 +56,8 @@ class StatusBoard:
 
     def contribute(self, name: str, section: Section, *, top_level: bool = False) -> None:
         """Add `section()` to the status document as `name`, or merge its keys into the top
-        level (for the fields CONTRACT section 4 fixes there). `section` is called on the
-        thread that asks for the status: it must only read posted snapshots."""
+        level (for the fields clients read there: state, term, leader, ...). `section` is
+        called on the thread that asks for the status: it must only read posted snapshots."""
         if name in self._sections:
             raise ValueError(f"status section {name!r} is already contributed")
         self._sections = {**self._sections, name: (section, top_level)}

@@ -140,7 +140,8 @@ def _monitor(sock: zmq.Socket, events: int) -> zmq.Socket:
 
 
 def connect_endpoint(own_address: str, peer_address: str) -> str:
-    """`tcp://SRC:0;DST:PORT` when our own address names a specific IP (CONTRACT section 1)."""
+    """`tcp://SRC:0;DST:PORT` when our own address names a specific IP, so that firewall
+    rules between node addresses mean what they say."""
     own_host = urlsplit(own_address).hostname or ""
     parts = own_host.split(".")
     is_ipv4 = len(parts) == 4 and all(p.isdigit() for p in parts)

@@ -1,4 +1,4 @@
-"""The Python client of a CADDY cluster (CONTRACT section 4): one DEALER per node, request ids.
+"""The Python client of a CADDY cluster : one DEALER per node, request ids.
 
 With `caddy.async_client`, the only modules of `caddy/` that touch sockets. One `Client` per
 thread.

@@ -1,4 +1,4 @@
-"""`caddy-ctl`: status, membership and key-value operations from the shell (CONTRACT section 3).
+"""`caddy-ctl`: status, membership and key-value operations from the shell.
 
 Human-readable tables by default, one JSON document with --json; errors are one line on stderr.
 """

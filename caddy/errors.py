@@ -1,6 +1,6 @@
 """The error hierarchy every CADDY failure derives from.
 
-Users catch `CaddyError`; the client raises `Timeout` and `Unavailable` (CONTRACT section 4).
+Users catch `CaddyError`; the client raises `Timeout` and `Unavailable`.
 """
 
 

@@ -1,8 +1,8 @@
 """Node events: immutable values one node's subsystems publish and others (and users) watch.
 
 A publisher names the event class and its own fields; the bus (`actors/events.py`) stamps `node`,
-`seq` and `time`. `to_dict()` is the JSON shape of CONTRACT §6. The set of kinds is open: a later
-subsystem declares its events with `@register` and they join `EVENT_KINDS`.
+`seq` and `time`; `to_dict()` is the JSON shape. The set of kinds is open: a later subsystem
+declares its events with `@register` and they join `EVENT_KINDS`.
 """
 
 from __future__ import annotations

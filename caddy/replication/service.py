@@ -28,7 +28,9 @@ from caddy.replication.requests import (
 
 logger = logging.getLogger(__name__)
 
-# Writes proposed together share a log entry up to this size; a larger write gets its own.
+# Writes proposed together share a log entry up to this size; a larger write gets its own. Not a
+# setting: it only sets how finely a batch is cut (appends are bounded by raft.max_append_bytes),
+# and no guarantee a user relies on changes with it.
 MAX_ENTRY_BYTES = 256 * 1024
 NO_READS = "this node's state machine has no read(key) method"
 

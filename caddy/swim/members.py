@@ -34,7 +34,7 @@ LIVE_STATES = frozenset({MemberState.ALIVE, MemberState.SUSPECT})
 
 
 class EventKind(StrEnum):
-    """What changed about a member, as delivered to subscribers (failover, balancer)."""
+    """What changed about a member; the gossip actor publishes it as a `member.state` event."""
 
     JOIN = "join"  # first seen, or back from dead/left with a higher incarnation
     SUSPECT = "suspect"

@@ -67,7 +67,7 @@ def test_a_toy_subsystem_joins_through_the_spec_list(topology):
             "the toy's section, with a tick and the election seen",
         )
         assert status["toy"] == {"ticks_seen": True, "events": ["leader.elected"], "node": "n1"}
-        # The fields CONTRACT section 4 and the built-in sections give are all still there.
+        # The fields the built-in sections give (the README's `status` fields) are all there.
         for key in (
             "id",
             "role",
