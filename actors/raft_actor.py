@@ -257,14 +257,16 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self._propose()
         self._start_read_round()
         self.driver.process()
-        if self.core.membership != self._membership:
-            self._membership = membership = self.core.membership
-            self._publish(
-                MembershipChanged,
-                voters=membership.voters,
-                learners=membership.learners,
-                witnesses=membership.witnesses,
-            )
+        membership = self.core.membership
+        if membership is not self._membership:  # the core holds a new value at each change
+            previous, self._membership = self._membership, membership
+            if membership != previous:
+                self._publish(
+                    MembershipChanged,
+                    voters=membership.voters,
+                    learners=membership.learners,
+                    witnesses=membership.witnesses,
+                )
         self._send_replies()  # refused proposals and read rounds
         self._publish_status()
 
