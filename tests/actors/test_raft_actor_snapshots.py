@@ -76,6 +76,9 @@ def leader(tmp_path):
     actor = RaftActor(
         load_topology(topology), "n1", RecordingTransport(), KeyValueStore(), StatusBoard()
     )
+    # No jitter: the tests count entries to each snapshot (a node's draw would move it by up to
+    # half the threshold).
+    actor.core._snapshot_jitter_percent, actor.core._snapshot_stretch_percent = 0, 100
     gate = GatedWrites(actor._storage.write_snapshot)
     actor._storage.write_snapshot = gate
     actor.core.campaign()
@@ -118,7 +121,8 @@ def test_the_logs_are_compacted_only_once_the_snapshot_is_written(leader):
     actor, gate = leader
     write_entries(actor, SNAPSHOT_EVERY, first_seq=1)
     snapshot_index = held_snapshot_index(gate)
-    write_entries(actor, 2, first_seq=100)  # replication goes on while it is written
+    # Replication goes on while it is written (one entry: not enough for the next snapshot).
+    write_entries(actor, 1, first_seq=100)
     assert actor.core.log.snapshot.index == 0  # neither log is compacted yet
     assert stored_through(actor, snapshot_index) == snapshot_index
     gate.release(snapshot_index)
