@@ -126,7 +126,6 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self._events = events
         self._node_id = node_id
         self._transport = transport
-        self._reader = state_machine  # serves linearizable reads once ReadIndex confirmed them
         self._state_machine = SessionStateMachine(state_machine)
         if storage is None:
             storage = SqliteLogStorage(
