@@ -98,6 +98,8 @@ def run_node(node_id: str, config: ClusterConfig) -> int:
 
     from actors.manager import ClusterManager  # imported here: supervisor mode needs no zmq
 
+    for warning in config.warnings:  # advice about the topology, not an error
+        log.warning("%s", warning)
     stop = _stop_event_on_signals()
     manager = ClusterManager(node_id, config)
     try:

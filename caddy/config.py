@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from caddy.errors import CaddyError
+from caddy.raft.timings import RaftTimings, RaftTimingsError
 from caddy.raft.types import Membership
 
 NodeRole = Literal["voter", "learner", "witness"]
@@ -132,7 +133,6 @@ class TransportSettings:
     request_timeout_ms: int = 30_000
     keep_alive_ms: int = 10_000
     max_message_bytes: int = 16 * 1024 * 1024
-    tcp_nodelay: bool = True
     send_hwm: int = 10_000  # queued messages per peer before sends are refused
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000
@@ -152,10 +152,8 @@ class FailoverSettings:
 
 @dataclass(frozen=True, slots=True)
 class ReplicationSettings:
-    """Command batching, compression and snapshot transfer."""
+    """Compression and snapshot transfer."""
 
-    batch_entries: int = 1000
-    batch_delay_ms: int = _setting(10, minimum=0)  # 0: propose as soon as a command arrives
     compression: bool = True
     compression_threshold_bytes: int = _setting(65_536, minimum=0)
     snapshot_chunk_bytes: int = 1_048_576
@@ -193,6 +191,16 @@ class BalancerSettings:
 
     strategy: str = _setting("round_robin", choices=BALANCER_STRATEGIES)
 
+
+# Keys that were settings once and are now ignored (with a logged warning), so that older topology
+# files keep loading: why each one went.
+_REMOVED_KEYS: dict[str, dict[str, str]] = {
+    "transport": {"tcp_nodelay": "ZeroMQ sets TCP_NODELAY on every TCP connection it makes"},
+    "replication": {
+        "batch_entries": "writes waiting together share one append, cut into entries by size",
+        "batch_delay_ms": "writes are proposed as soon as the Raft actor's mailbox is empty",
+    },
+}
 
 _SECTIONS: dict[str, type] = {
     "raft": RaftSettings,
@@ -445,7 +453,14 @@ def _parse_section(problems: _Problems, name: str, raw: object) -> Any:
     given: dict[str, Any] = {}
     if isinstance(raw, dict):
         known = tuple(spec.name for spec in fields(cls))
-        _reject_unknown_keys(problems, raw, known, name)
+        removed = _REMOVED_KEYS.get(name, {})
+        for key in raw:
+            if key in removed:
+                _warn_removed(
+                    f"{problems.source}: {name}.{key}: ignored: no longer a setting; {removed[key]}"
+                )
+        kept = {key: value for key, value in raw.items() if key not in removed}
+        _reject_unknown_keys(problems, kept, known, name)
         for key in known:
             if key in raw and _check_setting(
                 problems, f"{name}.{key}", raw[key], _FIELDS[cls, key]
@@ -454,6 +469,14 @@ def _parse_section(problems: _Problems, name: str, raw: object) -> Any:
     elif raw is not None:
         problems.add(name, f"must be a mapping of settings, got {_show(raw)}")
     return GossipSettings.for_profile(**given) if cls is GossipSettings else cls(**given)
+
+
+def _warn_removed(line: str) -> None:
+    # Imported here: logging pulls in threading, and a topology without removed keys (the usual
+    # case) keeps this module free of it.
+    import logging
+
+    logging.getLogger(__name__).warning("%s", line)
 
 
 def _parse_node(problems: _Problems, raw: object, path: str) -> dict[str, Any]:
@@ -541,6 +564,22 @@ def _check_settings_together(problems: _Problems, values: dict[str, Any]) -> Non
         problems.add("raft.lease_reads", "needs raft.check_quorum: true")
 
 
+def _check_raft_ticks(problems: _Problems, raft: RaftSettings, tick_ms: int) -> None:
+    """Durations in order in milliseconds can still meet once rounded up to whole ticks."""
+    timing_keys = {
+        "tick_ms",
+        "raft.heartbeat_ms",
+        "raft.election_timeout_min_ms",
+        "raft.election_timeout_max_ms",
+    }
+    if timing_keys & problems.bad_keys:
+        return  # already reported
+    try:
+        RaftTimings.from_settings(raft, tick_ms)
+    except RaftTimingsError as error:
+        problems.add("raft.election_timeout_min_ms", str(error))
+
+
 def _resolve_data_dir(value: str, base_dir: Path | None) -> Path:
     path = Path(os.path.expanduser(value))
     if not path.is_absolute():
@@ -590,6 +629,7 @@ def parse_topology(
         for key, value in asdict(section).items()
     }
     _check_settings_together(problems, {**values, "tick_ms": tick_ms})
+    _check_raft_ticks(problems, sections["raft"], tick_ms)
     if problems.lines:
         raise ConfigError(problems.lines)
 

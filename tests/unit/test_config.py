@@ -100,7 +100,6 @@ def test_settings_defaults_are_the_documented_values() -> None:
         request_timeout_ms=30000,
         keep_alive_ms=10000,
         max_message_bytes=16 * 1024 * 1024,
-        tcp_nodelay=True,
         send_hwm=10000,
         reconnect_ivl_ms=100,
         reconnect_ivl_max_ms=2000,
@@ -111,8 +110,6 @@ def test_settings_defaults_are_the_documented_values() -> None:
         enabled=True, failure_threshold=3, health_check_interval_ms=1000, drain_timeout_ms=30000
     )
     assert ReplicationSettings() == ReplicationSettings(
-        batch_entries=1000,
-        batch_delay_ms=10,
         compression=True,
         compression_threshold_bytes=65_536,
         snapshot_chunk_bytes=1_048_576,
@@ -454,10 +451,10 @@ INVALID = [
         id="negative",
     ),
     pytest.param(
-        ("replication", "batch_delay_ms"),
+        ("replication", "compression_threshold_bytes"),
         -1,
-        "replication.batch_delay_ms: must be at least 0, got -1",
-        id="negative-delay",
+        "replication.compression_threshold_bytes: must be at least 0, got -1",
+        id="negative-threshold",
     ),
     pytest.param(
         ("raft", "election_timeout_min_ms"),
@@ -471,6 +468,14 @@ INVALID = [
         "raft.election_timeout_max_ms: must "
         "be at least raft.election_timeout_min_ms (150), got 149",
         id="election-max",
+    ),
+    pytest.param(
+        ("raft",),
+        {"heartbeat_ms": 51, "election_timeout_min_ms": 55},
+        "raft.election_timeout_min_ms: at tick_ms 10, raft.heartbeat_ms comes to 6 ticks and "
+        "raft.election_timeout_min_ms to 6: the election timeout must be at least one tick "
+        "longer than the heartbeat",
+        id="election-vs-heartbeat-in-ticks",
     ),
     pytest.param(
         ("gossip", "probe_timeout_ms"),
@@ -552,6 +557,27 @@ def test_every_problem_is_reported_at_once() -> None:
             "raft.election_timeout_max_ms: must be at least raft.election_timeout_min_ms (40), "
             "got 30",
         ]
+    )
+
+
+def test_removed_keys_are_ignored_with_one_warning_line_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = base_topology()
+    data["transport"] = {"tcp_nodelay": False, "send_hwm": 5}
+    data["replication"] = {"batch_entries": "any value", "batch_delay_ms": -1}
+    with caplog.at_level("WARNING", logger="caddy.config"):
+        config = parse_topology(data, SOURCE)
+    assert config.transport == TransportSettings(send_hwm=5)
+    assert config.replication == ReplicationSettings()
+    assert [record.getMessage().split("; ")[0] for record in caplog.records] == [
+        f"{SOURCE}: transport.tcp_nodelay: ignored: no longer a setting",
+        f"{SOURCE}: replication.batch_entries: ignored: no longer a setting",
+        f"{SOURCE}: replication.batch_delay_ms: ignored: no longer a setting",
+    ]
+    assert problems_of(changed(("transport", "tcp_nodelayy"), True)) == (
+        f"{SOURCE}: transport.tcp_nodelayy: unknown key; known keys: "
+        + ", ".join(spec.name for spec in fields(TransportSettings)),
     )
 
 
@@ -673,6 +699,8 @@ def _valid_topologies() -> st.SearchStrategy[dict[str, Any]]:
     ms = st.integers(min_value=1, max_value=10_000)
 
     def build(roles: list[str], heartbeat: int, extra: int, zone: str | None) -> dict[str, Any]:
+        tick_ms = max(1, heartbeat // 3)
+        extra = max(extra, tick_ms)  # the election timeout stays a tick above the heartbeat
         nodes = [
             {"id": f"node-{i}", "address": f"tcp://127.0.0.{i + 1}:{9000 + i}", "role": r}
             for i, r in enumerate(roles)
@@ -681,7 +709,7 @@ def _valid_topologies() -> st.SearchStrategy[dict[str, Any]]:
         return {
             "cluster": "prop",
             "data_dir": "rel/dir",
-            "tick_ms": max(1, heartbeat // 3),
+            "tick_ms": tick_ms,
             "nodes": nodes,
             "raft": {
                 "heartbeat_ms": heartbeat,
