@@ -23,6 +23,7 @@ log = logging.getLogger("caddy.node")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 CHILD_STOP_GRACE_S = 10.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class _UsageParser(argparse.ArgumentParser):
@@ -32,21 +33,45 @@ class _UsageParser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, checked; argparse prints usage and one error line and exits 2 otherwise.
+
+    TOPOLOGY and --node ID are non-empty (whether ID is a node of TOPOLOGY is checked once the
+    topology is loaded); --data-dir DIR is non-empty and, when it exists, a directory;
+    --log-level LEVEL is one of LOG_LEVELS, in any case.
+    """
     parser = _UsageParser(
         prog="caddy-node",
         description="Run one CADDY node (--node), or every node of TOPOLOGY as child processes.",
     )
-    parser.add_argument("topology", help="topology YAML file")
-    parser.add_argument("--node", help="run only this node, in the foreground")
-    parser.add_argument("--data-dir", help="override the topology's data_dir")
+    parser.add_argument("topology", type=_non_empty, metavar="TOPOLOGY", help="topology file")
+    parser.add_argument(
+        "--node", type=_non_empty, metavar="ID", help="run only this node, in the foreground"
+    )
+    parser.add_argument(
+        "--data-dir", type=_data_dir, metavar="DIR", help="override the topology's data_dir"
+    )
     parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level (default INFO)",
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)",
     )
     return parser.parse_args(argv)
+
+
+def _non_empty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _data_dir(text: str) -> str:
+    path = Path(_non_empty(text))
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

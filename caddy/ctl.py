@@ -1,72 +1,253 @@
 """`caddy-ctl`: status, membership and key-value operations from the shell.
 
 Human-readable tables by default, one JSON document with --json; errors are one line on stderr.
+
+Exit status: 0 success; 1 a failed operation (no answer, absent key, cas mismatch, anything
+unexpected); 2 invalid arguments or topology; 130 interrupted (Ctrl-C). Never a traceback.
+
+Every argument is checked before anything goes on the network:
+
+- `--timeout SECONDS`: a finite number, 0 < SECONDS <= `MAX_TIMEOUT_S` (one hour).
+- `--topology PATH`: non-empty; the file must load (`caddy.config.load_topology`).
+- `COMMAND`: one of the subcommands; each takes exactly its positional arguments.
+- `KEY`: a non-empty string; `VALUE`, `EXPECTED`, `NEW`: strings (stored as given, never parsed as
+  JSON), possibly empty. All must be valid UTF-8 and, together, fit one request of the topology's
+  `transport.max_message_bytes` (measured uncompressed).
+- `NODE` (status): non-empty, and one of the topology's node ids.
+
+Mistakes argparse can see alone print its usage and one `caddy-ctl: error: ...` line; mistakes that
+need the topology (unknown NODE, oversized KEY/VALUE) print one `caddy-ctl: ...` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from caddy import errors
 from caddy.client import Client
-from caddy.config import ConfigError, load_topology
+from caddy.config import ClusterConfig, ConfigError, load_topology
 from caddy.errors import CaddyError
+from caddy.wire import Codec
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_TIMEOUT_S = 5.0
+MAX_TIMEOUT_S = 3600.0  # longer than any failover; a larger value is a typo, not a wish
+_SHOWN_CHARS = 40  # an argument quoted in an error message is cut to this many characters
+
+# Raised by the client for a write over the documented maximum size; may not exist yet.
+_VALUE_TOO_LARGE: tuple[type[BaseException], ...] = tuple(
+    error for error in [getattr(errors, "ValueTooLarge", None)] if isinstance(error, type)
+)
 
 
 class _UsageParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+# ----- argument types: each raises ArgumentTypeError, which argparse turns into usage + one line --
+
+
+def timeout_seconds(text: str) -> float:
+    """`--timeout`: a finite number of seconds, 0 < SECONDS <= MAX_TIMEOUT_S."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds, got {_shown(text)}"
+        ) from None
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds, more than 0 and at most {MAX_TIMEOUT_S:g}, "
+            f"got {_shown(text)}"
+        )
+    return seconds
+
+
+def non_empty_text(text: str) -> str:
+    """KEY, NODE and --topology: a non-empty string of valid UTF-8."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text_value(text)
+
+
+def text_value(text: str) -> str:
+    """VALUE, EXPECTED and NEW: any string of valid UTF-8 (the empty string included)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # undecodable bytes reach argv as lone surrogates
+        raise argparse.ArgumentTypeError(
+            f"not valid UTF-8 (at character {error.start}): {_shown(text)}"
+        ) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _UsageParser(prog="caddy-ctl", description="Query and operate a CADDY cluster.")
-    parser.add_argument("--topology", required=True, help="topology YAML file")
+    parser.add_argument(
+        "--topology", required=True, type=non_empty_text, metavar="TOPOLOGY", help="topology file"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    parser.add_argument(
+        "--timeout",
+        type=timeout_seconds,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"seconds, more than 0 and at most {MAX_TIMEOUT_S:g} (default {DEFAULT_TIMEOUT_S:g})",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_UsageParser)
     status = commands.add_parser("status", help="one row per node")
-    status.add_argument("node", nargs="?", help="only this node")
+    status.add_argument("node", nargs="?", type=non_empty_text, metavar="NODE", help="this node")
     commands.add_parser("members", help="the gossip view of the membership")
-    put = commands.add_parser("put", help="store VALUE under KEY")
-    put.add_argument("key")
-    put.add_argument("value")
+    put = commands.add_parser("put", help="store VALUE (a string) under KEY")
+    put.add_argument("key", type=non_empty_text, metavar="KEY")
+    put.add_argument("value", type=text_value, metavar="VALUE")
     get = commands.add_parser("get", help="print the value of KEY (exit 1 when absent)")
-    get.add_argument("key")
+    get.add_argument("key", type=non_empty_text, metavar="KEY")
     delete = commands.add_parser("delete", help="remove KEY")
-    delete.add_argument("key")
+    delete.add_argument("key", type=non_empty_text, metavar="KEY")
     cas = commands.add_parser("cas", help="set KEY to NEW if it holds EXPECTED (exit 1 if not)")
-    cas.add_argument("key")
-    cas.add_argument("expected")
-    cas.add_argument("new")
+    cas.add_argument("key", type=non_empty_text, metavar="KEY")
+    cas.add_argument("expected", type=text_value, metavar="EXPECTED")
+    cas.add_argument("new", type=text_value, metavar="NEW")
     commands.add_parser("leader", help="print the leader's id")
     return parser
 
 
+# ----- checks that need the topology ----------------------------------------------------------
+
+
+def topology_problem(config: ClusterConfig, args: argparse.Namespace) -> str | None:
+    """Why `args` cannot be sent to the cluster of `config` (one line), or None."""
+    if args.command == "status" and args.node is not None:
+        known = [node.id for node in config.nodes]
+        if args.node not in known:
+            return (
+                f"status: no node {_shown(args.node)} in {config.source} "
+                f"(nodes: {', '.join(known)})"
+            )
+    request = _kv_request(args)
+    if request is None:
+        return None
+    kind, body, parts = request
+    limit = config.transport.max_message_bytes
+    size = request_bytes(config, kind, body)
+    if size <= limit:
+        return None
+    sizes = ", ".join(f"{name} {_bytes(len(text.encode('utf-8')))}" for name, text in parts)
+    return (
+        f"{args.command}: the request is {_bytes(size)} ({sizes}), over the topology's "
+        f"transport.max_message_bytes of {limit}"
+    )
+
+
+def request_bytes(config: ClusterConfig, kind: str, body: dict[str, Any]) -> int:
+    """The size of the client's frame for this request, uncompressed (the worst case)."""
+    codec = Codec(
+        cluster=config.cluster,
+        sender=f"client-{os.getpid()}",
+        max_message_bytes=sys.maxsize,
+        compress_threshold=None,
+    )
+    return len(codec.encode(kind, body, request_id=1))
+
+
+def _kv_request(
+    args: argparse.Namespace,
+) -> tuple[str, dict[str, Any], list[tuple[str, str]]] | None:
+    """(kind, body as the client sends it, the arguments by name) of a key-value command."""
+    session = {"client": "0" * 32, "seq": 1, "ack": 1}  # a client id is 32 hex digits
+    if args.command == "put":
+        body = {"key": args.key, "value": args.value, **session}
+        return "kv.put", body, [("KEY", args.key), ("VALUE", args.value)]
+    if args.command == "get":
+        return "kv.get", {"key": args.key}, [("KEY", args.key)]
+    if args.command == "delete":
+        return "kv.delete", {"key": args.key, **session}, [("KEY", args.key)]
+    if args.command == "cas":
+        body = {"key": args.key, "expected": args.expected, "new": args.new, **session}
+        parts = [("KEY", args.key), ("EXPECTED", args.expected), ("NEW", args.new)]
+        return "kv.cas", body, parts
+    return None
+
+
+# ----- running a command ----------------------------------------------------------------------
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.timeout <= 0:
-        print("caddy-ctl: --timeout must be positive", file=sys.stderr)
-        return EXIT_USAGE
+    """Run one command; the exit status (argparse exits 2 itself on invalid arguments)."""
+    try:
+        return _run(build_parser().parse_args(argv))
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout closed early (`caddy-ctl status | head -1`)
+        _discard_stdout()
+        _error("cannot write the output: broken pipe")
+        return EXIT_FAILURE
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = load_topology(args.topology)
-    except ConfigError as error:
-        print(str(error), file=sys.stderr)
-        return EXIT_USAGE
-    try:
+        problem = topology_problem(config, args)
+        if problem is not None:
+            _error(problem)
+            return EXIT_USAGE
         with Client(config, timeout=args.timeout) as client:
-            return _COMMANDS[args.command](client, args)
-    except ConfigError as error:
-        print(f"caddy-ctl: {error}", file=sys.stderr)
+            status = _COMMANDS[args.command](client, args)
+        sys.stdout.flush()  # a broken pipe shows here, not at interpreter exit
+        return status
+    except (ConfigError, *_VALUE_TOO_LARGE) as error:  # the topology, or a write too large for it
+        _error(error)
         return EXIT_USAGE
+    except BrokenPipeError:  # main's to report
+        raise
     except CaddyError as error:
-        print(f"caddy-ctl: {error}", file=sys.stderr)
+        _error(error)
         return EXIT_FAILURE
+    except Exception as error:  # a bug, or the OS refusing something: still one line, status 1
+        detail = f": {error}" if str(error) else ""
+        _error(f"unexpected error: {type(error).__name__}{detail}")
+        return EXIT_FAILURE
+
+
+def _error(message: object) -> None:
+    """One line on stderr, prefixed with the program's name."""
+    text = _one_line(str(message)) or type(message).__name__
+    print(f"caddy-ctl: {text}", file=sys.stderr, flush=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _shown(text: str) -> str:
+    """`text` quoted for an error message, cut short when long."""
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARS]!r}... ({len(text)} characters)"
+
+
+def _bytes(count: int) -> str:
+    return "1 byte" if count == 1 else f"{count} bytes"
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _status(client: Client, args: argparse.Namespace) -> int:
@@ -133,7 +314,7 @@ def _get(client: Client, args: argparse.Namespace) -> int:
     value = client.get(args.key)
     if value is None:
         _say(args, {"key": args.key, "found": False, "value": None}, None)
-        print(f"caddy-ctl: no key {args.key!r}", file=sys.stderr)
+        _error(f"no key {_shown(args.key)}")
         return EXIT_FAILURE
     text = value if isinstance(value, str) else json.dumps(value, default=repr)
     _say(args, {"key": args.key, "found": True, "value": value}, text)
@@ -155,7 +336,7 @@ def _cas(client: Client, args: argparse.Namespace) -> int:
 def _leader(client: Client, args: argparse.Namespace) -> int:
     leader = client.leader()
     if leader is None:
-        print("caddy-ctl: no leader right now", file=sys.stderr)
+        _error("no leader right now")
         return EXIT_FAILURE
     _say(args, {"leader": leader}, leader)
     return EXIT_OK

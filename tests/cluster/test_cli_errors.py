@@ -114,3 +114,199 @@ def test_address_in_use_is_one_line_and_status_1(tmp_path, processes):
     assert "Traceback" not in second.stderr
     assert "cannot start" in second.stderr
     assert first.poll() is None
+
+
+# ----- every argument checked: usage + one error line, or one line, and never a network wait ----
+
+SMALL_MESSAGES = {
+    "transport": {"max_message_bytes": 4096},
+    "raft": {"max_append_bytes": 2048},
+    "replication": {"snapshot_chunk_bytes": 2048},
+}
+
+
+def assert_usage_error(result, prog, expected):
+    """Status 2, nothing on stdout, argparse's usage (its first line and any wrapped ones), then
+    exactly one error line, the last, naming the problem."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"usage: {prog}"), result.stderr
+    assert all(line.startswith(" ") for line in lines[1:-1]), result.stderr
+    assert lines[-1].startswith(f"{prog}") and ": error: " in lines[-1], result.stderr
+    assert [line for line in lines if "error:" in line] == [lines[-1]]
+    assert expected in lines[-1], result.stderr
+
+
+def assert_one_line(result, prog, expected, status=2):
+    """Status `status`, nothing on stdout, and exactly one line on stderr naming the problem."""
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{prog}: ") and expected in lines[0], result.stderr
+
+
+@pytest.fixture
+def idle_topology(tmp_path):
+    """A topology on free ports where no node runs: an argument error must not wait on it."""
+    return write_topology(tmp_path, 3)
+
+
+RANGE = "must be a finite number of seconds, more than 0 and at most 3600, got"
+
+
+@pytest.mark.parametrize(
+    "timeout, expected",
+    [
+        ("nan", f"{RANGE} 'nan'"),
+        ("inf", f"{RANGE} 'inf'"),
+        ("-inf", f"{RANGE} '-inf'"),
+        ("-1", f"{RANGE} '-1'"),
+        ("0", f"{RANGE} '0'"),
+        ("1e309", f"{RANGE} '1e309'"),
+        ("99999999", f"{RANGE} '99999999'"),
+        ("abc", "expected a number of seconds, got 'abc'"),
+    ],
+)
+def test_ctl_refuses_a_bad_timeout(idle_topology, timeout, expected):
+    result = run(CADDY_CTL, "--topology", str(idle_topology), f"--timeout={timeout}", "status")
+    assert_usage_error(result, "caddy-ctl", "argument --timeout: ")
+    assert result.stderr.splitlines()[-1] == f"caddy-ctl: error: argument --timeout: {expected}"
+
+
+def test_ctl_refuses_a_negative_timeout_given_as_its_own_word(idle_topology):
+    result = run(CADDY_CTL, "--topology", str(idle_topology), "--timeout", "-1", "leader")
+    assert_usage_error(result, "caddy-ctl", "argument --timeout: ")
+
+
+@pytest.mark.parametrize(
+    "args, prog, expected",
+    [
+        ([], "caddy-ctl", "the following arguments are required: command"),
+        (["frobnicate"], "caddy-ctl", "argument command: invalid choice: 'frobnicate'"),
+        (["put", "k"], "caddy-ctl put", "the following arguments are required: VALUE"),
+        (["cas", "k", "a"], "caddy-ctl cas", "the following arguments are required: NEW"),
+        (["get"], "caddy-ctl get", "the following arguments are required: KEY"),
+        (["get", "k", "x"], "caddy-ctl", "unrecognized arguments: x"),
+        (["put", "", "v"], "caddy-ctl put", "argument KEY: must not be empty"),
+        (["get", ""], "caddy-ctl get", "argument KEY: must not be empty"),
+        (["delete", ""], "caddy-ctl delete", "argument KEY: must not be empty"),
+        (["cas", "", "a", "b"], "caddy-ctl cas", "argument KEY: must not be empty"),
+        (["status", ""], "caddy-ctl status", "argument NODE: must not be empty"),
+        (["put", b"\xff", "v"], "caddy-ctl put", "argument KEY: not valid UTF-8"),
+        (["put", "k", b"\xffv"], "caddy-ctl put", "argument VALUE: not valid UTF-8"),
+    ],
+)
+def test_ctl_refuses_bad_commands_and_keys_with_usage(idle_topology, args, prog, expected):
+    assert_usage_error(run(CADDY_CTL, "--topology", str(idle_topology), *args), prog, expected)
+
+
+def test_ctl_refuses_an_empty_topology_path_with_usage():
+    assert_usage_error(
+        run(CADDY_CTL, "--topology", "", "status"), "caddy-ctl", "argument --topology: must not"
+    )
+
+
+def test_ctl_refuses_an_unknown_node_in_one_line_listing_the_known_ones(idle_topology):
+    result = run(CADDY_CTL, "--topology", str(idle_topology), "--timeout", "60", "status", "n9")
+    assert_one_line(
+        result, "caddy-ctl", f"status: no node 'n9' in {idle_topology} (nodes: n1, n2, n3)"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["put", "k", "x" * 5000], "put: the request is 5096 bytes (KEY 1 byte, VALUE 5000 bytes)"),
+        (["put", "k" * 5000, "v"], "put: the request is 5096 bytes (KEY 5000 bytes, VALUE 1 byte)"),
+        (["get", "k" * 5000], "get: the request is 5037 bytes (KEY 5000 bytes)"),
+        (["delete", "k" * 5000], "delete: the request is"),
+        (["cas", "k", "a", "b" * 5000], "(KEY 1 byte, EXPECTED 1 byte, NEW 5000 bytes)"),
+    ],
+)
+def test_ctl_refuses_a_key_or_value_over_the_message_size_in_one_line(tmp_path, args, expected):
+    topology = write_topology(tmp_path, 3, **SMALL_MESSAGES)
+    result = run(CADDY_CTL, "--topology", str(topology), "--timeout", "60", *args)
+    assert_one_line(result, "caddy-ctl", expected)
+    assert result.stderr.rstrip().endswith(
+        "over the topology's transport.max_message_bytes of 4096"
+    )
+
+
+@pytest.mark.parametrize("script", ["ctl", "node"])
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_an_unreadable_topology_is_one_line_and_exit_2(tmp_path, script, kind):
+    path = tmp_path / "absent.yaml" if kind == "missing" else tmp_path
+    if script == "ctl":
+        result = run(CADDY_CTL, "--topology", str(path), "status")
+        assert_one_line(result, "caddy-ctl", f"{path}: cannot read: ")
+    else:
+        result = run(CADDY_NODE, str(path))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
+        assert result.stderr.startswith(f"{path}: cannot read: ")
+
+
+def test_ctl_interrupted_by_ctrl_c_exits_130_in_one_line(idle_topology):
+    import os
+    import signal
+
+    from tests.harness import wait_until
+
+    child = subprocess.Popen(
+        [sys.executable, str(CADDY_CTL), "--topology", str(idle_topology), "--timeout", "60"]
+        + ["status", "n1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell may start background jobs with SIGINT ignored; Python then never raises
+        # KeyboardInterrupt. Restore the default so the interpreter installs its handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        # zmq starts its I/O thread with the first socket: the command is waiting on the network.
+        wait_until(lambda: len(os.listdir(f"/proc/{child.pid}/task")) > 1, 20, "ctl's zmq thread")
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=20)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 130, stderr
+    assert (stdout, stderr) == ("", "caddy-ctl: interrupted\n")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--log-level", "bogus"], "argument --log-level: invalid choice: 'BOGUS'"),
+        (["--node", ""], "argument --node: must not be empty"),
+        (["--data-dir", ""], "argument --data-dir: must not be empty"),
+        (["--data-dir", "{topology}"], "exists and is not a directory"),
+        (["--node"], "argument --node: expected one argument"),
+        (["extra"], "unrecognized arguments: extra"),
+    ],
+)
+def test_node_refuses_bad_arguments_with_usage(idle_topology, args, expected):
+    args = [arg.format(topology=idle_topology) for arg in args]
+    result = run(CADDY_NODE, str(idle_topology), "--node", "n1", *args)
+    assert_usage_error(result, "caddy-node", expected)
+
+
+def test_node_refuses_missing_or_empty_topology_with_usage():
+    assert_usage_error(
+        run(CADDY_NODE), "caddy-node", "the following arguments are required: TOPOLOGY"
+    )
+    assert_usage_error(run(CADDY_NODE, ""), "caddy-node", "argument TOPOLOGY: must not be empty")
+
+
+@pytest.mark.parametrize("node_args", [["--node", "n9"], ["--node=n9", "--log-level=debug"]])
+def test_node_refuses_an_unknown_node_in_one_line_listing_the_known_ones(idle_topology, node_args):
+    result = run(CADDY_NODE, str(idle_topology), *node_args)
+    assert_one_line(
+        result,
+        "caddy-node",
+        f"--node: no node 'n9' in {idle_topology} (nodes: n1, n2, n3)",
+    )
