@@ -109,6 +109,8 @@ class SimNode(ReadyHandler):
         self._crash_at: int | None = None
         self._late_messages = 0  # messages of the current Ready sent after persisting
         self._late_sent: int | None = None  # None until the Ready is persisted
+        self.snapshot_asked: int | None = None  # a snapshot request no write has started for
+        self.snapshot_due_since: tuple[int, int] | None = None  # (snapshot index, step)
         self.start()
 
     @property
@@ -125,6 +127,7 @@ class SimNode(ReadyHandler):
             **self.settings.as_kwargs(),
         )
         self.sm = StateMachine.restore(recovered.snapshot_data)
+        self.snapshot_asked = self.snapshot_due_since = None
         self.writer = SimSnapshotWriter(self)
         self.driver = RaftDriver(
             self.core,
@@ -136,6 +139,8 @@ class SimNode(ReadyHandler):
         self.incarnation += 1
 
     def crash(self, keep_unsynced: int = 0) -> None:
+        if self.writer is not None and self.writer.written_unreported:
+            self.world.interrupted_snapshot_writes += 1
         self.storage.crash(keep_unsynced)
         self.core = self.driver = self.writer = None
 
@@ -148,7 +153,9 @@ class SimNode(ReadyHandler):
             self.driver.handle_ready()
         except SimulatedCrash:
             return
-        if self._crash_at == 2:
+        if self._crash_at == 1:  # nothing was sent after persisting: crash at the Ready's end
+            self.crash()
+        elif self._crash_at == 2:
             self.crash(world.rng.randint(0, self.storage.unsynced_writes))
 
     # ----- ReadyHandler --------------------------------------------------------------------
@@ -156,6 +163,10 @@ class SimNode(ReadyHandler):
     def taken(self, ready: Ready) -> None:
         world = self.world
         world.check_ready(self, ready)
+        if ready.snapshot_request is not None:
+            self.snapshot_asked = ready.snapshot_request  # the driver's to serve
+            if not self.writer.idle:
+                world.snapshots_asked_while_writing += 1
         self._crash_at = world.crash_point(self, ready) if self._faults else None
         early = SEND_BEFORE_PERSIST if world.send_before_persist else ()
         self._late_messages = sum(1 for _, m in ready.messages if not isinstance(m, early))
@@ -176,6 +187,8 @@ class SimNode(ReadyHandler):
         self.world.network.send(self.id, to, message)
 
     def restore(self, snapshot: Snapshot) -> None:
+        if self.core.member_role is MemberRole.WITNESS:
+            raise InvariantViolation(f"witness {self.id} installs a state machine snapshot")
         self.world.snapshots_installed += 1
         self.sm = StateMachine.restore(snapshot.data)
         self.world.check_installed(self)
@@ -203,22 +216,28 @@ class SimNode(ReadyHandler):
 
 class SimSnapshotWriter:
     """A node's snapshot writer thread, in simulated steps: the file is written some steps after
-    the view was taken, and the Raft thread hears of it some steps after that. A crash in
-    between leaves a durable file with an uncut log, which the next start completes."""
+    the view was taken, and the Raft thread hears of it some steps after that (sometimes many,
+    so that leaders' snapshots and new requests arrive meanwhile). A crash in between leaves a
+    durable file with an uncut log, which the next start completes. A write still running when
+    `finish` is not called would land later, over a newer snapshot file, as a thread's would."""
 
     WRITE_DELAYS = (0, 0, 1, 3, 10)
-    REPORT_DELAYS = (0, 1, 5)
+    REPORT_DELAYS = (0, 1, 5, 20)
 
     def __init__(self, node: SimNode) -> None:
         self._node = node
         self._job: list | None = None  # [meta, view, write at, data once written, report at]
 
     def start(self, meta: SnapshotMeta, view: Callable[[], bytes]) -> None:
-        rng, now = self._node.writer_rng, self._node.world.now
+        node = self._node
+        if node.snapshot_asked is not None and meta.index >= node.snapshot_asked:
+            node.snapshot_asked = None
+        rng, now = node.writer_rng, node.world.now
         self._job = [meta, view, now + rng.choice(self.WRITE_DELAYS), None, None]
 
     def finish(self) -> None:
         if self._job is not None and self._job[3] is None:
+            self._node.world.own_writes_overtaken += 1
             self._write(self._job)
 
     def step(self, now: int) -> None:
@@ -230,6 +249,14 @@ class SimSnapshotWriter:
         if job[3] is not None and now >= job[4]:
             self._job = None
             self._node.driver.snapshot_written(job[0], job[3])
+
+    @property
+    def idle(self) -> bool:
+        return self._job is None
+
+    @property
+    def written_unreported(self) -> bool:
+        return self._job is not None and self._job[3] is not None
 
     def _write(self, job: list) -> None:
         node = self._node
@@ -479,6 +506,12 @@ class World:
         self.trace: list[str] = []
         self.snapshots_installed = 0
         self.snapshots_taken = 0
+        self.interrupted_snapshot_writes = 0  # crashes between a file's write and its report
+        self.own_writes_overtaken = 0  # a leader's snapshot came while one was being written
+        self.snapshots_asked_while_writing = 0
+        self.snapshot_due_entries = (
+            self.settings.snapshot_threshold * (100 + self.settings.snapshot_jitter_percent) // 100
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -574,6 +607,7 @@ class World:
             self.last_commit[node.id] = (node.incarnation, core.commit_index)
             if core.applied_index > core.commit_index:
                 raise InvariantViolation(f"{node.id} applied beyond its commit index")
+            self.check_snapshots(node)
         self.check_commit_durable()
 
     def check_commit_durable(self) -> None:
@@ -587,6 +621,39 @@ class World:
         )
         if holders < len(voting) // 2 + 1:
             raise InvariantViolation(f"committed entry {index} is durable on {holders} of {voting}")
+
+    # Steps a node's log may hold a snapshot's worth of applied entries without its snapshot
+    # moving: a write and its report take at most 30 (SimSnapshotWriter), and one asked for
+    # meanwhile as long again.
+    SNAPSHOT_OVERDUE_STEPS = 80
+
+    def check_snapshots(self, node: SimNode) -> None:
+        """What the node's own snapshots must keep: a crash keeps everything the node applied
+        (a snapshot file the log is cut to is durable, and no older one replaces a newer); the
+        stored log keeps no entry the in-memory log compacted (both are cut at once); every
+        snapshot the core asks for is taken; a log holding the (most stretched) threshold of
+        applied entries past its snapshot soon gets a newer one (the byte threshold is not
+        checked: it would cost a sum over the log each step)."""
+        log = node.core.log
+        base = log.snapshot.index
+        applied = log.applied
+        if 0 < applied and base <= applied:
+            if not node.storage.durably_holds(applied, log.term_at(applied)):
+                raise InvariantViolation(f"{node.id} would lose applied entry {applied} in a crash")
+        if base and log.pending_snapshot is None and node.storage.stored_term(base) is not None:
+            raise InvariantViolation(f"{node.id} still stores entry {base}, which it compacted")
+        asked = node.snapshot_asked
+        if asked is not None and asked > base and node.writer.idle:
+            raise InvariantViolation(f"{node.id} dropped the request for a snapshot at {asked}")
+        if applied - base < self.snapshot_due_entries:
+            node.snapshot_due_since = None
+        elif node.snapshot_due_since is None or node.snapshot_due_since[0] != base:
+            node.snapshot_due_since = (base, self.now)
+        elif self.now - node.snapshot_due_since[1] > self.SNAPSHOT_OVERDUE_STEPS:
+            raise InvariantViolation(
+                f"{node.id} holds {applied - base} applied entries past its snapshot {base} "
+                f"for {self.now - node.snapshot_due_since[1]} steps"
+            )
 
     _completeness_checked: set[int]
 
