@@ -75,9 +75,9 @@ class GossipActor(pykka.ThreadingActor):
             envelope = message.envelope
             try:
                 swim_message = from_wire(envelope.kind, envelope.body)
-            except WireError as error:
-                self._board.count_body_drop("swim-body")
-                log.debug("node %s: dropped %s: %s", self._node_id, envelope.kind, error)
+            except WireError as error:  # counted (by peer for a peer's), logged rate-limited
+                peer = envelope.sender if message.route is None else None
+                self._transport.count_body_drop("swim-body", peer, str(error))
                 return
             self._swim.step(envelope.sender, swim_message)
         self._flush()

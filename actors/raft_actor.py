@@ -230,18 +230,12 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             return
         try:
             message = from_wire(envelope.kind, envelope.body)
-        except WireError as error:
-            self._board.count_body_drop("raft-body")
-            log.debug(
-                "node %s: dropped %s from %s: %s",
-                self._node_id,
-                envelope.kind,
-                envelope.sender,
-                error,
-            )
+        except WireError as error:  # counted by peer, logged at most once per interval
+            self._transport.count_body_drop("raft-body", envelope.sender, str(error))
             return
         if message.sender != envelope.sender:
-            self._board.count_body_drop("raft-body")
+            detail = f"{envelope.kind}: the body's sender is not the envelope's"
+            self._transport.count_body_drop("raft-body", envelope.sender, detail)
             return
         self.core.step(message)
 

@@ -80,5 +80,7 @@ class StatusBoard:
         return document
 
     def count_body_drop(self, owner: str) -> None:
-        """Called only from `owner`'s own thread, so each key has a single writer."""
+        """Called only from `owner`'s own thread, so each key has a single writer. By reason
+        only: a subsystem with the transport at hand calls `Transport.count_body_drop`, which
+        also counts by peer and logs (rate-limited), as the Raft and gossip actors do."""
         self.body_drops[owner] = self.body_drops.get(owner, 0) + 1

@@ -17,6 +17,8 @@ import itertools
 import logging
 import os
 import select
+import socket
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -29,8 +31,9 @@ import pykka
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from actors.drop_log import DropLog
 from actors.status_board import StatusBoard
-from caddy.config import ClusterConfig
+from caddy.config import ClusterConfig, TransportSettings
 from caddy.errors import WireError
 from caddy.wire import (
     BATCH_KIND,
@@ -53,9 +56,26 @@ SOCKET_LIMIT_FACTOR = 2
 HOUSEKEEPING_MS = 20
 DRAIN_BATCH = 256  # messages taken from one socket per wake-up, so one cannot starve the others
 READER_STANDIN_MS = 20  # an attached reader busy for longer: the I/O thread reads in its place
+# The routers' inbound queues have no limit (see `_open_sockets`): instead the I/O thread cuts a
+# connection that holds more unread bytes than this many message limits (at least the floor),
+# looking every BACKLOG_CHECK_MS.
+INBOUND_BACKLOG_FACTOR = 4
+INBOUND_BACKLOG_FLOOR = 16 * 1024 * 1024
+BACKLOG_CHECK_MS = 50
+# Bytes of a connection that no reader sees: ZMTP's greeting and handshake, then its heartbeats.
+_UNREAD_SLACK = 4096
+_UNREAD_SLACK_PER_S = 16
+_SRCFD = int(zmq.SRCFD)
+_TCPI_BYTES_RECEIVED = struct.Struct("=Q")  # at offset 128 of Linux's struct tcp_info
+MAX_HEARTBEAT_TTL_MS = 6_553_500  # ZMTP carries the TTL in deciseconds, in 16 bits
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+# Drops that are no bad inbound frame (a client gone, the node stopping) or that have a line of
+# their own: counted, but not given a line by the drop log.
+_UNLOGGED_DROPS = frozenset(
+    {"reply-undeliverable", "reply-unencodable", "receiver-stopped", "handler-error"}
+)
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -131,12 +151,55 @@ class _Peer:
     msgs_out_at_heartbeat: int = -1  # msgs_out when the heartbeat timer last fired
 
 
+@dataclass(slots=True)
+class _Connection:
+    """An accepted connection of a router, as its monitor announced it, for the backlog check
+    (`Transport._check_backlogs`)."""
+
+    peer: Any  # getpeername(): a recycled descriptor shows another address
+    since: float
+    read: int = 0  # ZMTP bytes of the frames that readers took from it
+    cut: bool = False
+
+
 _monitor_ids = itertools.count()
 
 
 def _monitor(sock: zmq.Socket, events: int) -> zmq.Socket:
     """A monitor on a unique inproc address (pyzmq's default name reuses recycled fds)."""
     return sock.get_monitor_socket(events, addr=f"inproc://caddy-monitor-{next(_monitor_ids)}")
+
+
+def configure_router(router: zmq.Socket, settings: TransportSettings) -> None:
+    """The options of a node's peer and client routers.
+
+    libzmq 4.3.5 aborts the process (`!_io_error`, stream_engine_base.cpp:310) when it has stopped
+    reading a connection, the connection is then reset, and something writes to it: the router's
+    own heartbeat timer, or a PING read once reading resumes. It stops reading a connection whose
+    queue is full or gone. So the routers have no queue limit (the backlog check in `Transport`
+    bounds the queues instead), send no heartbeats (the DEALERs do, with a TTL, and the kernel's
+    keepalive finds dead peers), and let a duplicate routing id take the older connection's place
+    (handover) rather than queue unread for good. README, "The ZeroMQ abort".
+    """
+    keepalive_s = max(1, settings.keep_alive_ms // 1000)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.setsockopt(zmq.MAXMSGSIZE, settings.max_message_bytes * SOCKET_LIMIT_FACTOR)
+    router.setsockopt(zmq.SNDHWM, settings.send_hwm)
+    router.setsockopt(zmq.RCVHWM, 0)
+    router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    router.setsockopt(zmq.HANDSHAKE_IVL, settings.connect_timeout_ms)  # cut half-open garbage
+    router.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    router.setsockopt(zmq.TCP_KEEPALIVE_IDLE, keepalive_s)
+    router.setsockopt(zmq.TCP_KEEPALIVE_INTVL, keepalive_s)
+    router.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+
+
+def link_routing_id(node_id: str) -> bytes:
+    """The routing id of a new DEALER of `node_id`'s: the node id, NUL, 8 random bytes. The peer's
+    router gives a routing id that is already connected to the newer connection (handover), so
+    an id that anyone can name would let anyone take this link's place there."""
+    return node_id.encode()[:240] + b"\0" + os.urandom(8)
 
 
 def connect_endpoint(own_address: str, peer_address: str) -> str:
@@ -203,7 +266,20 @@ class Transport:
         self._client_open = False
         self._routers_open = False  # under both router locks once open
         self.dropped: Counter[str] = Counter()  # inbound drops by reason (outbound: PeerStats)
+        # ... and by known peer (a client or an unknown sender: by reason only, so that forged
+        # names grow nothing); each reason's first drop per peer, then one per interval, logged.
+        peer_ids = [peer.id for peer in config.peers_of(node_id)]
+        self._peer_drops: dict[str, Counter[str]] = {peer_id: Counter() for peer_id in peer_ids}
+        self._identity_peers = {peer_id.encode(): peer_id for peer_id in peer_ids}
+        self._drop_log = DropLog(node_id, log)
         self.closed_connections = 0  # inbound connections closed, by their peer or by ZeroMQ
+        # Per router (peer, client): what readers took since the I/O thread last looked, by
+        # routing id ([descriptor, ZMTP bytes]), and the accepted connections, by descriptor.
+        self._unread_limit = max(
+            INBOUND_BACKLOG_FLOOR, INBOUND_BACKLOG_FACTOR * self._settings.max_message_bytes
+        )
+        self._reads: list[dict[bytes, list[int]]] = [{}, {}]
+        self._connections: list[dict[int, _Connection]] = [{}, {}]
         self.started_at = time.monotonic()
         self._startup_error: BaseException | None = None
 
@@ -402,6 +478,17 @@ class Transport:
         with self._lock:
             return dict(self.dropped)
 
+    def peer_drop_counts(self) -> dict[str, dict[str, int]]:
+        """Inbound drops by known peer, then reason (only peers with drops)."""
+        with self._lock:
+            return {peer: dict(counts) for peer, counts in self._peer_drops.items() if counts}
+
+    def count_body_drop(self, reason: str, peer: str | None, detail: str = "") -> None:
+        """An actor refused the body of a frame this transport delivered (`reason` names the
+        actor's decoder, e.g. "raft-body"); `peer` is the envelope's sender for a peer frame,
+        None for a client's. Counted and logged like the transport's own drops."""
+        self._count_drop(reason, peer=peer, detail=detail)
+
     # ----- the I/O thread ---------------------------------------------------------------------
 
     def _wake(self) -> None:
@@ -435,25 +522,17 @@ class Transport:
         self._peer_router = self._context.socket(zmq.ROUTER)
         self._client_router = self._context.socket(zmq.ROUTER)
         for router in (self._peer_router, self._client_router):
-            router.setsockopt(zmq.LINGER, 0)
-            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            router.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes * SOCKET_LIMIT_FACTOR)
-            router.setsockopt(zmq.SNDHWM, s.send_hwm)
-            router.setsockopt(zmq.RCVHWM, s.send_hwm)
-            router.setsockopt(zmq.HEARTBEAT_IVL, s.keep_alive_ms)
-            router.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.keep_alive_ms * 3)
-            router.setsockopt(zmq.HANDSHAKE_IVL, s.connect_timeout_ms)  # cut half-open garbage
-        self._peer_router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            configure_router(router, s)
         self._peer_router.bind(self._node.address)
         self._client_router.bind(self._node.client_address)
         self._router_monitors = [
-            _monitor(router, _HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED)
+            _monitor(router, _HANDSHAKE_FAILED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
             for router in (self._peer_router, self._client_router)
         ]
         for peer in self._config.peers_of(self.node_id):
             dealer = self._context.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)
-            dealer.setsockopt(zmq.ROUTING_ID, self.node_id.encode())
+            dealer.setsockopt(zmq.ROUTING_ID, link_routing_id(self.node_id))
             dealer.setsockopt(zmq.SNDHWM, s.send_hwm)
             dealer.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a peer that is not connected
             dealer.setsockopt(zmq.RECONNECT_IVL, s.reconnect_ivl_ms)
@@ -461,6 +540,8 @@ class Transport:
             dealer.setsockopt(zmq.CONNECT_TIMEOUT, s.connect_timeout_ms)
             dealer.setsockopt(zmq.HEARTBEAT_IVL, s.keep_alive_ms)
             dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.keep_alive_ms * 3)
+            # The peer's router closes the connection when our heartbeats stop for this long.
+            dealer.setsockopt(zmq.HEARTBEAT_TTL, min(s.keep_alive_ms * 3, MAX_HEARTBEAT_TTL_MS))
             dealer.setsockopt(zmq.TCP_KEEPALIVE, 1)
             monitor = _monitor(dealer, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
             dealer.connect(connect_endpoint(self._node.address, peer.address))
@@ -519,7 +600,7 @@ class Transport:
         housekeeping_every = min(HOUSEKEEPING_MS, self._settings.peer_heartbeat_ms) / 1000
         heartbeat_every = self._settings.peer_heartbeat_ms / 1000
         now = time.monotonic()
-        next_housekeeping = next_heartbeat = now
+        next_housekeeping = next_heartbeat = next_backlog_check = now
         peer_more = client_more = True  # look at both routers before the first sleep
         peer_fired = client_fired = False
         reading = True  # whether this thread reads the routers (no reader attached)
@@ -562,8 +643,13 @@ class Transport:
                 else:
                     self._drain_outbox()
             if now >= next_housekeeping:
+                reads = self._take_reads()  # before the monitors: see _check_backlogs
                 for monitor, _ in monitors.poll(0):
                     on_monitor_event[monitor]()
+                scan = now >= next_backlog_check
+                self._check_backlogs(reads, now, scan)
+                if scan:
+                    next_backlog_check = now + BACKLOG_CHECK_MS / 1000
                 if now >= next_heartbeat:
                     self._send_heartbeats()
                     next_heartbeat = now + heartbeat_every
@@ -622,6 +708,7 @@ class Transport:
         before every receive instead costs a system call per message.
         """
         lock = self._client_lock if from_client else self._peer_router_lock
+        index = int(from_client)
         for _ in range(DRAIN_BATCH):
             with lock:
                 if not self._routers_open:  # closed by stop(): an attached reader finds nothing
@@ -633,9 +720,18 @@ class Transport:
                 except zmq.Again:
                     return False
                 frame = router.recv(_NOBLOCK, copy=False)  # a Frame tells `more` cheaply
+                size = len(frame)
+                wire = size + (2 if size < 256 else 9)  # the bytes it took on the wire (ZMTP)
                 extra_frames = frame.more
                 while frame.more:
                     frame = router.recv(_NOBLOCK, copy=False)
+                    size = len(frame)
+                    wire += size + (2 if size < 256 else 9)
+                reads = self._reads[index]  # for the backlog check
+                if (taken := reads.get(identity)) is None:
+                    reads[identity] = [_source_fd(frame), wire]
+                else:
+                    taken[1] += wire
             if extra_frames:
                 self._count_drop("frame-count")
                 continue
@@ -661,16 +757,18 @@ class Transport:
         batches: dict[Handler, list[Inbound]],
     ) -> None:
         if len(frame) > self._settings.max_message_bytes:
-            self._count_drop("oversized")
+            peer_id = self._connection_peer(identity, from_client)
+            self._count_drop("oversized", peer=peer_id, detail=f"{len(frame)} bytes")
             return
         try:
             envelope = decode_envelope(frame, self._settings.max_message_bytes)
-        except WireError as error:
-            log.debug("node %s: dropped a frame: %s", self.node_id, error)
-            self._count_drop("malformed")
+        except WireError as error:  # its text is bounded: no value of the frame in it
+            peer_id = self._connection_peer(identity, from_client)
+            self._count_drop("malformed", peer=peer_id, detail=str(error))
             return
         if envelope.cluster != self.codec.cluster:
-            self._count_drop("foreign-cluster")
+            peer_id = self._connection_peer(identity, from_client)
+            self._count_drop("foreign-cluster", peer=peer_id, detail=f"{envelope.cluster!r}")
             return
         if from_client:
             if envelope.kind == BATCH_KIND:
@@ -681,7 +779,8 @@ class Transport:
             return
         peer = self._peers.get(envelope.sender)
         if peer is None:
-            self._count_drop("unknown-sender")
+            peer_id = self._connection_peer(identity, from_client)
+            self._count_drop("unknown-sender", peer=peer_id, detail=f"{envelope.sender!r}")
             return
         stats = peer.stats  # per-message counters: see PeerStats
         peer.last_heard = self._woken_at
@@ -696,7 +795,7 @@ class Transport:
         """Each well-formed request of a client's batch frame, as if it had come alone."""
         requests, dropped = unpack_batch(batch)
         for reason, count in dropped.items():
-            self._count_drop(reason, count)
+            self._count_drop(reason, count)  # a client's: by reason only
         for request in requests:
             route = ClientRoute(identity, request.request_id, batched=True)
             self._dispatch(Inbound(request, route), batches)
@@ -705,7 +804,8 @@ class Transport:
         kind = inbound.envelope.kind
         handler = self._handlers.get(kind.partition(".")[0])
         if handler is None:
-            self._count_drop("unknown-kind")
+            peer_id = inbound.envelope.sender if inbound.route is None else None  # a known peer
+            self._count_drop("unknown-kind", peer=peer_id, detail=f"{kind!r}")
         elif handler in self._batched:
             batches.setdefault(handler, []).append(inbound)
         else:
@@ -720,23 +820,86 @@ class Transport:
             log.exception("node %s: handler for %s failed", self.node_id, kind)
             self._count_drop("handler-error")
 
-    def _count_drop(self, reason: str, count: int = 1) -> None:
+    def _count_drop(
+        self, reason: str, count: int = 1, *, peer: str | None = None, detail: str = ""
+    ) -> None:
+        """Count a drop by reason, and by `peer` when that is a known peer; an inbound one also
+        goes to the rate-limited drop log. `detail` must be bounded (no value of a frame)."""
         with self._lock:
             self.dropped[reason] += count
+            per_peer = self._peer_drops.get(peer) if peer is not None else None
+            if per_peer is not None:
+                per_peer[reason] += count
+        if reason not in _UNLOGGED_DROPS:
+            self._drop_log.note(peer if per_peer is not None else None, reason, detail, count)
+
+    def _connection_peer(self, identity: bytes, from_client: bool) -> str | None:
+        """The known peer a peer-port connection names itself (its routing id, which peers begin
+        with their node id: `link_routing_id`), for a frame dropped before its sender could be
+        looked at."""
+        return None if from_client else self._identity_peers.get(identity.partition(b"\0")[0])
 
     def _on_router_event(self, monitor: zmq.Socket) -> None:
-        """Count connections that failed the ZeroMQ handshake (raw TCP garbage) or were closed."""
+        """Count connections that failed the ZeroMQ handshake (raw TCP garbage) or were closed;
+        note the accepted ones for the backlog check."""
+        connections = self._connections[self._router_monitors.index(monitor)]
         while True:
             try:
                 frames = monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            event = parse_monitor_message(frames)["event"]
-            if event & _HANDSHAKE_FAILED:
+            message = parse_monitor_message(frames)
+            event, fd = message["event"], message["value"]  # the connection's descriptor
+            if event == zmq.EVENT_ACCEPTED:
+                if (peer := _peer_name(fd)) is not None:
+                    connections[fd] = _Connection(peer, time.monotonic())
+            elif event & _HANDSHAKE_FAILED:
                 self._count_drop("handshake-failed")
             else:
+                connections.pop(fd, None)
                 with self._lock:
                     self.closed_connections += 1
+
+    def _take_reads(self) -> list[dict[bytes, list[int]]]:
+        """What readers took from each router since the last call."""
+        taken = []
+        for index, lock in enumerate((self._peer_router_lock, self._client_lock)):
+            with lock:
+                taken.append(self._reads[index])
+                self._reads[index] = {}
+        return taken
+
+    def _check_backlogs(self, reads: list[dict[bytes, list[int]]], now: float, scan: bool) -> None:
+        """Credit `reads` (taken before the monitors' news was read, so that every connection
+        read from is known) to their connections; with `scan`, cut every connection that holds
+        more than `_unread_limit` unread bytes.
+
+        The routers queue without limit, as a full queue is a step towards libzmq's abort (see
+        `_open_sockets`). Unread bytes are what the kernel took from the connection (TCP_INFO)
+        less what readers took from the router for it. A cut (shutdown(2)) makes libzmq close
+        the connection the ordinary way, as if its peer had; what it queued is still read (and
+        dropped, as a rule)."""
+        for index, taken in enumerate(reads):
+            connections = self._connections[index]
+            for fd, wire in taken.values():
+                if (connection := connections.get(fd)) is not None:
+                    connection.read += wire
+            if not scan:
+                continue
+            for fd, connection in connections.items():
+                if connection.cut:
+                    continue
+                received = _tcp_bytes_received(fd, connection.peer)
+                if received is None:
+                    continue
+                allowed = (
+                    self._unread_limit
+                    + _UNREAD_SLACK
+                    + _UNREAD_SLACK_PER_S * (now - connection.since)
+                )
+                if received - connection.read > allowed and _cut(fd, connection.peer):
+                    connection.cut = True
+                    self._count_drop("inbound-backlog")
 
     def _on_monitor_event(self, peer: _Peer) -> None:
         while True:
@@ -752,9 +915,68 @@ class Transport:
                     peer.stats.connected = False
 
 
+def _source_fd(frame: zmq.Frame) -> int:
+    """The descriptor of the connection a frame came in on (-1: unknown)."""
+    try:
+        return frame.get(_SRCFD)
+    except zmq.ZMQError:  # no metadata: an unversioned (ZMTP 1.0) peer's
+        return -1
+
+
+def _peer_name(fd: int) -> Any:
+    """The remote address of a socket libzmq owns, or None (closed, or no connected socket)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+    finally:
+        sock.detach()  # libzmq closes it, never we
+
+
+def _tcp_bytes_received(fd: int, peer: Any) -> int | None:
+    """The bytes the kernel received on a connection libzmq owns (None: it is not `peer`'s)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        if sock.getpeername() != peer:
+            return None
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+        return _TCPI_BYTES_RECEIVED.unpack_from(info, 128)[0] if len(info) >= 136 else None
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+
+
+def _cut(fd: int, peer: Any) -> bool:
+    """Shut down a connection libzmq owns, if it is still `peer`'s: libzmq reads its end and
+    closes it."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return False
+    try:
+        if sock.getpeername() != peer:
+            return False
+        sock.shutdown(socket.SHUT_RDWR)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.detach()
+
+
 def transport_status(transport: Transport, board: StatusBoard) -> dict[str, Any]:
     """The transport's part of the node's status: per-peer link figures and dropped frames
-    (the transport's own drops and the bodies its actors refused)."""
+    (the transport's own drops and the bodies its actors refused; by reason, and under each
+    peer the inbound drops attributed to it)."""
+    peer_drops = transport.peer_drop_counts()
     return {
         "peers": {
             peer_id: {
@@ -766,6 +988,7 @@ def transport_status(transport: Transport, board: StatusBoard) -> dict[str, Any]
                 "bytes_in": stats.bytes_in,
                 "bytes_out": stats.bytes_out,
                 "drops_out": stats.drops_out,
+                "dropped_in": peer_drops.get(peer_id, {}),
             }
             for peer_id, stats in transport.peer_stats().items()
         },

@@ -7,7 +7,15 @@ nodes (each binds a ROUTER and sends through a DEALER to the other's, so a reply
 TCP connection), send the same bytes (the 7-field envelope, packed and unpacked with msgpack on
 both sides, unchecked), and alternate rounds with the transport in one run, so that load from
 elsewhere on the machine falls on both.
+
+`decode_us` is the in-process cost per inbound frame of what a node does before a message reaches
+its core: decode_envelope and the kind's validator (Raft's from_wire, gossip's from_wire, or
+unpack_batch and parse_request for key-value requests), in microseconds, the best of several
+repeats. `--decode-baseline DIR` measures the same on another copy of the code (a directory
+holding its `caddy/` and `actors/`, e.g. `git archive HEAD caddy actors | tar -x -C DIR`), in
+child processes alternating with this tree's, and reports both and their ratio.
 Usage: python bench/transport.py [--count N] [--inflight N] [--rounds N]
+       python bench/transport.py --decode-only [--decode-baseline DIR] [--decode-rounds N]
 """
 
 from __future__ import annotations
@@ -19,16 +27,29 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pykka
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _code_root() -> Path:
+    """`--code-root DIR`, read before the imports below: import that tree's code, not this one's
+    (how a decode-cost child measures the baseline)."""
+    if "--code-root" in sys.argv:
+        return Path(sys.argv[sys.argv.index("--code-root") + 1]).resolve()
+    return REPO
+
+
+sys.path.insert(0, str(_code_root()))
 
 from actors.local_cluster import free_ports  # noqa: E402
 from actors.transport import Inbound, Transport  # noqa: E402
@@ -266,12 +287,135 @@ def measure(
     return result
 
 
+# ----- decode cost per frame (in-process) ------------------------------------------------------
+
+DECODE_LIMIT = 16 * 1024 * 1024
+DECODE_FRAMES = 2000  # frames per shape and repeat
+DECODE_REPEATS = 7
+
+
+def decode_frames() -> dict[str, tuple[bytes, Any]]:
+    """Shape name -> (frame, decode function) for the inbound frames a node handles most, built
+    with the public API that every version of the code has."""
+    from caddy.raft.codec import from_wire, to_wire
+    from caddy.raft.messages import AppendEntries, AppendResponse
+    from caddy.raft.types import Entry, EntryKind
+    from caddy.replication.requests import parse_request
+    from caddy.swim import Alive, Ping, Suspect
+    from caddy.swim import from_wire as swim_from_wire
+    from caddy.swim import to_wire as swim_to_wire
+    from caddy.wire import BATCH_KIND, Codec, decode_envelope, unpack_batch
+
+    codec = Codec("bench", "a", max_message_bytes=DECODE_LIMIT, compress_threshold=None)
+
+    def raft(frame: bytes) -> Any:
+        envelope = decode_envelope(frame, DECODE_LIMIT)
+        return from_wire(envelope.kind, envelope.body)
+
+    def swim(frame: bytes) -> Any:
+        envelope = decode_envelope(frame, DECODE_LIMIT)
+        return swim_from_wire(envelope.kind, envelope.body)
+
+    def request(frame: bytes) -> Any:
+        envelope = decode_envelope(frame, DECODE_LIMIT)
+        return parse_request(envelope.kind, envelope.body)
+
+    def batch(frame: bytes) -> Any:
+        items, _ = unpack_batch(decode_envelope(frame, DECODE_LIMIT))
+        return [parse_request(item.kind, item.body) for item in items]
+
+    def append(count: int) -> bytes:
+        entries = tuple(Entry(100 + i, 7, EntryKind.COMMAND, b"x" * 100) for i in range(count))
+        return codec.encode("raft.append", to_wire(AppendEntries(7, "a", 99, 7, entries, 99)))
+
+    session = {"client": "c-0123456789", "seq": 1234, "ack": 1200}
+    put = {"key": "key-000123", "value": "v" * 20, **session}
+    nested = {**put, "value": {"name": "x", "tags": ["a", "b"], "pos": {"x": 1.5, "y": [1, 2]}}}
+    ping = Ping(42, (Alive("b", 3, {"role": "voter", "zone": "a"}), Suspect("c", 2, "a")))
+    return {
+        "raft_append_1": (append(1), raft),
+        "raft_append_64": (append(64), raft),
+        "raft_append_response": (
+            codec.encode("raft.append_response", to_wire(AppendResponse(7, "a", True, 99, 0, 0))),
+            raft,
+        ),
+        "kv_put": (codec.encode("kv.put", put, 17), request),
+        "kv_put_nested_value": (codec.encode("kv.put", nested, 17), request),
+        "kv_batch_64_per_request": (
+            codec.encode_batch(BATCH_KIND, [[n, "kv.put", put] for n in range(64)]),
+            batch,
+        ),
+        "swim_ping": (codec.encode(*swim_to_wire(ping)), swim),
+    }
+
+
+def decode_cost(repeats: int = DECODE_REPEATS, frames: int = DECODE_FRAMES) -> dict[str, float]:
+    """Microseconds per frame of each shape, the best of `repeats` runs of `frames` frames."""
+    figures = {}
+    for name, (frame, decode) in decode_frames().items():
+        decode(frame)  # warm up, and fail loudly if the shape does not decode
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(frames):
+                decode(frame)
+            best = min(best, (time.perf_counter() - started) / frames)
+        per_frame = best * 1e6
+        if name == "kv_batch_64_per_request":
+            per_frame /= 64
+        figures[name] = round(per_frame, 3)
+    return figures
+
+
+def decode_child(root: Path) -> dict[str, float]:
+    """`decode_cost()` of the code under `root`, in a fresh process."""
+    command = [sys.executable, __file__, "--code-root", str(root), "--decode-child"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(result.stdout)
+
+
+def decode_ab(baseline: Path, rounds: int) -> dict[str, Any]:
+    """This tree's decode cost against `baseline`'s, child processes alternating (ABBA...), so
+    that the machine's noise falls on both; the median over rounds of each side's best."""
+    samples: dict[str, list[dict[str, float]]] = {"after": [], "before": []}
+    for round_number in range(rounds):
+        sides = [("after", REPO), ("before", baseline)]
+        for side, root in sides if round_number % 2 == 0 else reversed(sides):
+            samples[side].append(decode_child(root))
+    result: dict[str, Any] = {}
+    for side in ("after", "before"):
+        result[f"decode_{side}_us"] = {
+            name: round(statistics.median(s[name] for s in samples[side]), 3)
+            for name in samples[side][0]
+        }
+    result["decode_ratio"] = {
+        name: round(after / result["decode_before_us"][name], 3)
+        for name, after in result["decode_after_us"].items()
+    }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=5000, help="sequential round trips per side")
     parser.add_argument("--inflight", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5, help="alternations of raw and transport")
+    parser.add_argument("--decode-only", action="store_true", help="only the decode cost")
+    parser.add_argument("--decode-baseline", type=Path, help="code to compare the decode cost to")
+    parser.add_argument("--decode-rounds", type=int, default=6, help="alternations of children")
+    parser.add_argument("--code-root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--decode-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.decode_child:
+        print(json.dumps(decode_cost()))
+        return
+    if args.decode_baseline is not None:
+        decode = decode_ab(args.decode_baseline.resolve(), args.decode_rounds)
+    else:
+        decode = {"decode_us": decode_cost()}
+    if args.decode_only:
+        print(json.dumps({"bench": "transport-decode", **decode, "machine": machine()}))
+        return
     context = multiprocessing.get_context("spawn")
 
     config = bench_config()
@@ -301,15 +445,20 @@ def main() -> None:
             "rounds": args.rounds,
             "payload_bytes": 100,
         },
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        **decode,
+        "machine": machine(),
         "peak_rss_mb": max_rss_mb(resource.RUSAGE_SELF),
         "echo_peak_rss_mb": max_rss_mb(resource.RUSAGE_CHILDREN),
     }
     print(json.dumps(result))
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
 
 
 def max_rss_mb(who: int) -> float:

@@ -13,13 +13,13 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from caddy.bounds import MAX_NAME_LENGTH, MAX_UINT64, describe
 from caddy.errors import WireError
 
 PROTOCOL_VERSION = 1
 FLAG_COMPRESSED = 0x1
 _KNOWN_FLAGS = FLAG_COMPRESSED
 _ENVELOPE_FIELDS = 7
-MAX_NAME_LENGTH = 128  # cluster names, node ids and kinds are short identifiers
 _FRAME_TYPES = (bytes, bytearray, memoryview)
 
 # Requests issued together by a client travel in one frame, and their answers in one frame back:
@@ -92,7 +92,11 @@ class Codec:
 
 
 def decode_envelope(frame: bytes, max_message_bytes: int) -> Envelope:
-    """Decode a frame of any cluster. Raises WireError, and only WireError, on bad input."""
+    """Decode a frame of any cluster. Raises WireError, and only WireError, on bad input.
+
+    The envelope's fields are checked for exact types and ranges; the body is only known to be a
+    map (with str or bytes keys): its fields are the business of the decoder of its kind, which
+    must be as strict. Error messages never show an unchecked value, only `describe(value)`."""
     if not isinstance(frame, _FRAME_TYPES):
         raise WireError("frame is not bytes")
     if len(frame) > max_message_bytes:
@@ -101,19 +105,19 @@ def decode_envelope(frame: bytes, max_message_bytes: int) -> Envelope:
     if type(fields) is not list or len(fields) != _ENVELOPE_FIELDS:  # msgpack makes exact lists
         raise WireError("envelope is not a list of 7 fields")
     version, cluster, sender, kind, request_id, flags, payload = fields
-    if version != PROTOCOL_VERSION or type(version) is not int:
-        raise WireError(f"unsupported protocol version {version!r}")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # the type first: a nested
+        raise WireError(f"unsupported protocol version ({describe(version)})")  # list recurses
     if not (_is_name(cluster) and _is_name(sender) and _is_name(kind)):
         for name, value in (("cluster", cluster), ("sender", sender), ("kind", kind)):
             if not _is_name(value):
                 raise WireError(f"{name} must be a non-empty short string")
-    if type(request_id) is not int or request_id < 0:
+    if type(request_id) is not int or not 0 <= request_id <= MAX_UINT64:
         raise WireError("request id must be a non-negative int")
     if type(flags) is not int or flags & ~_KNOWN_FLAGS:
-        raise WireError(f"unknown flags {flags!r}")
+        raise WireError(f"unknown flags ({describe(flags)})")
     if flags & FLAG_COMPRESSED:
         payload = _unpack(_inflate(payload, max_message_bytes))
-    if not isinstance(payload, dict):
+    if type(payload) is not dict:  # msgpack makes exact dicts
         raise WireError("body is not a map")
     return Envelope(cluster, sender, kind, payload, request_id)
 
@@ -123,7 +127,9 @@ def unpack_batch(envelope: Envelope) -> tuple[list[Envelope], Counter[str]]:
     frame's cluster and sender), and how many were dropped, by reason. Untrusted input: nothing
     raises."""
     dropped: Counter[str] = Counter()
-    items = envelope.body.get(BATCH_FIELDS[envelope.kind])
+    field = BATCH_FIELDS.get(envelope.kind)
+    frame_body = envelope.body
+    items = frame_body.get(field) if field is not None and type(frame_body) is dict else None
     if type(items) is not list:  # msgpack makes exact lists
         dropped["batch-malformed"] += 1
         return [], dropped
@@ -138,7 +144,7 @@ def unpack_batch(envelope: Envelope) -> tuple[list[Envelope], Counter[str]]:
             continue
         request_id, kind, body = item
         well_typed = type(request_id) is int and _is_name(kind) and type(body) is dict
-        if not well_typed or request_id < 0:
+        if not well_typed or not 0 <= request_id <= MAX_UINT64:
             dropped["batch-item-malformed"] += 1
         elif kind in BATCH_FIELDS:
             dropped["batch-nested"] += 1

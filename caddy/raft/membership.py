@@ -10,6 +10,7 @@ from typing import Any
 
 import msgpack
 
+from caddy.bounds import MAX_MEMBERS, is_name
 from caddy.errors import WireError
 from caddy.raft.errors import RequestRejected
 from caddy.raft.types import Membership
@@ -109,13 +110,18 @@ def membership_to_wire(membership: Membership) -> dict[str, list[str]]:
 
 
 def membership_from_wire(body: Any) -> Membership:
-    """Validate and decode `membership_to_wire` output; raises WireError on anything else."""
-    if not isinstance(body, dict):
+    """Validate and decode `membership_to_wire` output; raises WireError on anything else:
+    each role a list of at most MAX_MEMBERS node ids (short strs, see `caddy.bounds`)."""
+    if type(body) is not dict:
         raise WireError("membership: expected a map")
     groups = []
     for key in ("voters", "learners", "witnesses"):
         names = body.get(key)
-        if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        if (
+            type(names) not in (list, tuple)
+            or len(names) > MAX_MEMBERS
+            or not all(map(is_name, names))
+        ):
             raise WireError(f"membership.{key}: expected a list of node ids")
         groups.append(frozenset(names))
     voters, learners, witnesses = groups
@@ -131,6 +137,8 @@ def encode_membership(membership: Membership) -> bytes:
 
 def decode_membership(data: bytes) -> Membership:
     """Decode a CONFIG entry payload; raises WireError when it is not one."""
+    if type(data) is not bytes:
+        raise WireError("membership: expected bytes")
     try:
         body = msgpack.unpackb(data, raw=False)
     except Exception as error:  # msgpack raises several unrelated types on garbage

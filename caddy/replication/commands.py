@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from caddy.bounds import MAX_NAME_LENGTH, SCALAR_TYPES, value_problem
 from caddy.errors import CaddyError
 from caddy.replication.packing import pack, unpack
 
 ENVELOPE_VERSION = 1
 BATCH_VERSION = 2
-MAX_CLIENT_ID_LENGTH = 128
+MAX_CLIENT_ID_LENGTH = MAX_NAME_LENGTH
 
 
 class CommandError(CaddyError):
@@ -175,10 +176,18 @@ def decode_kv(payload: bytes) -> KvCommand:
 
 
 def _check_kv(op: Any, key: Any, value: Any, expected: Any) -> None:
-    if not isinstance(op, str) or op not in _KV_OPS:
+    """Raise CommandError unless the fields make a valid write. Values and cas guards are held
+    to `caddy.bounds.value_problem` (MAX_VALUE_DEPTH levels) here, so both the leader, before it
+    proposes, and every replica, before it applies, bound them: the state machine never sees a
+    value deeper than that, whatever a log entry holds."""
+    if not isinstance(op, str) or op not in _KV_OPS:  # a KvOp is a str
         raise CommandError("kv: op must be one of put, delete, cas")
     if not isinstance(key, str):
         raise CommandError("kv: key must be a string")
+    if type(value) not in SCALAR_TYPES and (problem := value_problem(value)) is not None:
+        raise CommandError(f"kv: value: {problem}")  # scalars, the common case, skip the walk
+    if type(expected) not in SCALAR_TYPES and (problem := value_problem(expected)) is not None:
+        raise CommandError(f"kv: expected: {problem}")
     # Plain string comparisons: an Enum member lookup costs more than the rest of this check.
     if expected is not None and op != "cas":
         raise CommandError(f"kv: {op} takes no expected value")

@@ -1,6 +1,7 @@
 """Client requests of the key-value service: `kv.*` frames in, log commands and replies out.
 
-Pure translation, so that the RaftActor holds no service logic; every field is checked here.
+Pure translation, so that the RaftActor holds no service logic; every field is checked here
+(exact types, session numbers in 0..MAX_INT64, values within `caddy.bounds`).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from caddy.bounds import MAX_INT64, describe
 from caddy.errors import CaddyError, WireError
 from caddy.replication.commands import CommandError, check_command, encode_batch, encode_kv
 from caddy.replication.replies import ERROR_KIND, OK_KIND, ok_body, refusal_body
@@ -59,16 +61,23 @@ def writes_entry(writes: Sequence[ClientRequest], log_time_ms: int) -> bytes:
 
 
 def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:
-    """Validate a `kv.*` request; RequestError names what is wrong."""
+    """Validate a `kv.*` request; RequestError names what is wrong (never showing the value).
+
+    A value, and a cas's expected and new, may nest at most `caddy.bounds.MAX_VALUE_DEPTH`
+    levels (checked where the payload is encoded); keys and values are bounded in size by the
+    frame's."""
     try:
+        if type(body) is not dict:
+            raise RequestError("a request body must be a map")
         if kind == READ_KIND:
             require_fields(body, _READ_FIELDS)
             return ClientRequest("get", body["key"])
-        fields = _WRITE_FIELDS.get(kind)
+        fields = _WRITE_FIELDS.get(kind) if type(kind) is str else None
         if fields is None:
-            raise RequestError(f"unknown request {kind!r}")
+            raise RequestError(f"unknown request {describe(kind)}")
         require_fields(body, fields)
-        if not body["client"] or body["seq"] < 1 or not 0 <= body["ack"] <= body["seq"]:
+        seq, ack = body["seq"], body["ack"]
+        if not body["client"] or not 1 <= seq <= MAX_INT64 or not 0 <= ack <= seq:
             raise RequestError("a write needs a client id, a seq >= 1 and 0 <= ack <= seq")
         op = kind.removeprefix("kv.")
         value = body["new"] if op == "cas" else body.get("value")
