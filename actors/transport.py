@@ -56,7 +56,7 @@ SOCKET_LIMIT_FACTOR = 2
 HOUSEKEEPING_MS = 20
 DRAIN_BATCH = 256  # messages taken from one socket per wake-up, so one cannot starve the others
 READER_STANDIN_MS = 20  # an attached reader busy for longer: the I/O thread reads in its place
-# The routers' inbound queues have no limit (see `_open_sockets`): instead the I/O thread cuts a
+# The routers' inbound queues have no limit (see `configure_router`): instead the I/O thread cuts a
 # connection that holds more unread bytes than this many message limits (at least the floor),
 # looking every BACKLOG_CHECK_MS.
 INBOUND_BACKLOG_FACTOR = 4
@@ -875,7 +875,7 @@ class Transport:
         more than `_unread_limit` unread bytes.
 
         The routers queue without limit, as a full queue is a step towards libzmq's abort (see
-        `_open_sockets`). Unread bytes are what the kernel took from the connection (TCP_INFO)
+        `configure_router`). Unread bytes are what the kernel took from the connection (TCP_INFO)
         less what readers took from the router for it. A cut (shutdown(2)) makes libzmq close
         the connection the ordinary way, as if its peer had; what it queued is still read (and
         dropped, as a rule)."""

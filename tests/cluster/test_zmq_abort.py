@@ -29,6 +29,7 @@ import threading
 import time
 
 import msgpack
+import pytest
 import zmq
 
 from actors.local_cluster import REPO, free_ports
@@ -69,6 +70,32 @@ _GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"NULL".ljust(20, b"\x00") + 
 _PING = _zmtp_frame(b"\x04PING\x00\x00ctx", command=True)
 
 
+def _zmtp_connect(port: int, socket_type: bytes, identity: bytes = b"") -> socket.socket:
+    """A TCP connection through ZMTP's handshake: greetings and READYs both ways (data sent
+    before the other side's READY is taken for a handshake command, and fails it)."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+    ready = _zmtp_property(b"Socket-Type", socket_type)
+    if identity:
+        ready += _zmtp_property(b"Identity", identity)
+    conn.sendall(_GREETING + _zmtp_frame(b"\x05READY" + ready, command=True))
+    _receive_exactly(conn, len(_GREETING))
+    flags, size = _receive_exactly(conn, 2)
+    if flags & 0x02:  # a long frame
+        size = struct.unpack(">Q", bytes([size]) + _receive_exactly(conn, 7))[0]
+    _receive_exactly(conn, size)
+    return conn
+
+
+def _receive_exactly(conn: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        more = conn.recv(count - len(data))
+        if not more:
+            raise ConnectionError("closed during the handshake")
+        data += more
+    return data
+
+
 def _raw_attacker(ports: tuple[int, int], deadline: float, rnd: random.Random) -> None:
     """Hand-written ZMTP peers that never read: a flood with PINGs among the frames, then a
     reset (SO_LINGER 0), so that a stopped connection is reset while PINGs wait in its buffer."""
@@ -81,14 +108,11 @@ def _raw_attacker(ports: tuple[int, int], deadline: float, rnd: random.Random) -
             (_PING if i % 3 == 0 else b"") + delimiter + _zmtp_frame(body) for i in range(2000)
         )
         try:
-            conn = socket.create_connection(("127.0.0.1", rnd.choice(ports)), timeout=1)
+            conn = _zmtp_connect(rnd.choice(ports), socket_type, identity)
         except OSError:
             time.sleep(0.01)
             continue
         try:
-            ready = _zmtp_property(b"Socket-Type", socket_type)
-            ready += _zmtp_property(b"Identity", identity)
-            conn.sendall(_GREETING + _zmtp_frame(b"\x05READY" + ready, command=True))
             conn.settimeout(0.2)
             limit, sent = rnd.choice([64 << 10, 1 << 20, 8 << 20]), 0
             while sent < limit and time.monotonic() < deadline:
@@ -308,6 +332,40 @@ def test_a_node_under_the_attack_keeps_its_pid_and_serves_writes(tmp_path, proce
         assert written > 0 and client.get(f"during-{written - 1}") == written - 1
         states = ("leader", "follower")
         wait_until(lambda: client.status(target)["state"] in states, 20, f"{target} settled")
+
+
+def test_a_node_cuts_a_connection_that_floods_faster_than_it_reads(tmp_path, processes):
+    """With no queue limit, the backlog check is what bounds a connection's unread bytes: one
+    raw ZMTP connection that never stops sending is cut (measured: after ~31 MB, node RSS
+    peak ~90 MB; without the check the same 512 MB flood went in in 3 s, RSS 1 GB)."""
+    topology = write_topology(
+        tmp_path,
+        3,
+        transport={"max_message_bytes": LIMIT},
+        raft={"max_append_bytes": LIMIT // 4},
+        replication={"snapshot_chunk_bytes": LIMIT // 4},
+    )
+    local = LocalCluster(topology, processes)
+    local.start("n1", "n2", "n3")
+    node = load_topology(topology).node("n1")
+    with Client(topology, timeout=10) as client:
+        local.leader(client)
+        pid = local.nodes["n1"].pid
+        conn = _zmtp_connect(_port(node.client_address), b"DEALER")
+        chunk = _zmtp_frame(_envelope()) * 20_000
+        with pytest.raises(ConnectionError):  # reset by the node
+            for _ in range(64 * 16 * 1024 * 1024 // len(chunk)):  # 64 times the limit here
+                conn.sendall(chunk)
+        conn.close()
+        wait_until(
+            lambda: client.status("n1")["dropped"].get("inbound-backlog", 0) >= 1,
+            10,
+            "the connection counted as cut",
+        )
+        assert local.nodes["n1"].poll() is None and local.nodes["n1"].pid == pid
+        assert local.memory_kb("VmHWM")["n1"] < 400 * 1024, local.memory_kb("VmHWM")
+        client.put("after", 1)
+        assert client.get("after") == 1
 
 
 def _port(address: str) -> int:
