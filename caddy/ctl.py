@@ -149,10 +149,11 @@ def topology_problem(config: ClusterConfig, args: argparse.Namespace) -> str | N
 
 
 def request_bytes(config: ClusterConfig, kind: str, body: dict[str, Any]) -> int:
-    """The size of the client's frame for this request, uncompressed (the worst case)."""
+    """The size of the client's frame for this request, uncompressed, with the longest sender a
+    client has (`client-PID`, a pid of up to 7 digits): the worst case, the same in every run."""
     codec = Codec(
         cluster=config.cluster,
-        sender=f"client-{os.getpid()}",
+        sender=f"client-{'9' * 7}",
         max_message_bytes=sys.maxsize,
         compress_threshold=None,
     )

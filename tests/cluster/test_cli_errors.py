@@ -220,9 +220,9 @@ def test_ctl_refuses_an_unknown_node_in_one_line_listing_the_known_ones(idle_top
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["put", "k", "x" * 5000], "put: the request is 5096 bytes (KEY 1 byte, VALUE 5000 bytes)"),
-        (["put", "k" * 5000, "v"], "put: the request is 5096 bytes (KEY 5000 bytes, VALUE 1 byte)"),
-        (["get", "k" * 5000], "get: the request is 5037 bytes (KEY 5000 bytes)"),
+        (["put", "k", "x" * 5000], "put: the request is 5098 bytes (KEY 1 byte, VALUE 5000 bytes)"),
+        (["put", "k" * 5000, "v"], "put: the request is 5098 bytes (KEY 5000 bytes, VALUE 1 byte)"),
+        (["get", "k" * 5000], "get: the request is 5039 bytes (KEY 5000 bytes)"),
         (["delete", "k" * 5000], "delete: the request is"),
         (["cas", "k", "a", "b" * 5000], "(KEY 1 byte, EXPECTED 1 byte, NEW 5000 bytes)"),
     ],

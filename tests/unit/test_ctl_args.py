@@ -126,9 +126,9 @@ def test_unknown_node_is_one_line_listing_the_known_ones(topology, capsys):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["put", "k", "x" * 5000], "put: the request is 5096 bytes (KEY 1 byte, VALUE 5000 bytes)"),
+        (["put", "k", "x" * 5000], "put: the request is 5098 bytes (KEY 1 byte, VALUE 5000 bytes)"),
         (["put", "k" * 5000, "v"], "(KEY 5000 bytes, VALUE 1 byte)"),
-        (["get", "k" * 5000], "get: the request is 5037 bytes (KEY 5000 bytes)"),
+        (["get", "k" * 5000], "get: the request is 5039 bytes (KEY 5000 bytes)"),
         (["delete", "k" * 5000], "delete: the request is"),
         (["cas", "k", "a" * 2100, "b" * 2100], "(KEY 1 byte, EXPECTED 2100 bytes, NEW 2100 bytes)"),
         (["put", "k", "é" * 2100], "VALUE 4200 bytes"),  # bytes of UTF-8, not characters
