@@ -478,9 +478,17 @@ def main() -> None:
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, data)")
     args = parser.parse_args()
+    print_run(run, args, "caddy-bench-kv-")
+
+
+def print_run(
+    run: Callable[[argparse.Namespace, Path], dict[str, Any]], args: argparse.Namespace, prefix: str
+) -> None:
+    """Run a benchmark in a scratch folder and print its JSON line; SIGTERM and Ctrl-C unwind
+    through the cleanup, so no node or client process outlives it."""
     args.load_at_start = os.getloadavg()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the finally kills the nodes
-    with local_cluster.scratch_folder("caddy-bench-kv-", keep=args.keep) as folder:
+    with local_cluster.scratch_folder(prefix, keep=args.keep) as folder:
         if args.keep:
             print(f"keeping {folder}", file=sys.stderr)
         try:

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import multiprocessing
 import os
 import platform
 import random
-import signal
 import statistics
 import sys
 import time
@@ -41,6 +39,7 @@ from kv import (  # noqa: E402
     async_load_worker,
     caught_up,
     leader_status,
+    print_run,
     wait_until,
 )
 
@@ -376,16 +375,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="for the probes' timing")
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, data)")
     args = parser.parse_args()
-    args.load_at_start = os.getloadavg()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the finally kills the nodes
-    with local_cluster.scratch_folder("caddy-bench-side-", keep=args.keep) as folder:
-        if args.keep:
-            print(f"keeping {folder}", file=sys.stderr)
-        try:
-            print(json.dumps(run(args, folder)), flush=True)
-        except KeyboardInterrupt:
-            print("interrupted; every node and client process was stopped", file=sys.stderr)
-            raise SystemExit(130) from None
+    print_run(run, args, "caddy-bench-side-")
 
 
 if __name__ == "__main__":
