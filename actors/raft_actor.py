@@ -152,12 +152,14 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             check_quorum=raft.check_quorum,
             lease_reads=raft.lease_reads,
             snapshot_chunk_bytes=config.replication.snapshot_chunk_bytes,
+            max_message_bytes=config.transport.max_message_bytes,
         )
         reads = getattr(state_machine, "read", None)
         self.service: KeyValueService[ClientRoute] = KeyValueService(
             node_id=node_id,
             request_timeout_s=config.transport.request_timeout_ms / 1000,
             read=reads if callable(reads) else None,
+            max_message_bytes=config.transport.max_message_bytes,
         )
         self._writer = ThreadSnapshotWriter(node_id, self._storage, self._tell_self)
         self.driver = RaftDriver(self.core, self._storage, self, writer=self._writer)

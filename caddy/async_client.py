@@ -32,6 +32,7 @@ from caddy.request_policy import (
     RequestPolicy,
     SessionExpired,
     answer_body,
+    check_size,
     decisive,
     leader_of,
 )
@@ -215,7 +216,9 @@ class AsyncClient:
 
     async def get(self, key: str) -> Any:
         """The value under `key`, or None when absent; linearizable (ReadIndex on the leader)."""
-        return await self._call("kv.get", {"key": check_key(key)})
+        body = {"key": check_key(key)}
+        check_size("kv.get", body, self.config.transport.max_message_bytes)
+        return await self._call("kv.get", body)
 
     async def delete(self, key: str) -> bool:
         """Remove `key`; True when it existed."""
@@ -249,6 +252,7 @@ class AsyncClient:
         return self._session.client_id
 
     async def _write(self, kind: str, body: dict[str, Any]) -> Any:
+        check_size(kind, body, self.config.transport.max_message_bytes)
         try:
             return await self._write_in_session(kind, body)
         except SessionExpired as expired:

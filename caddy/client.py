@@ -22,6 +22,7 @@ from caddy.request_policy import (
     RequestPolicy,
     SessionExpired,
     answer_body,
+    check_size,
     decisive,
     leader_of,
 )
@@ -71,7 +72,9 @@ class Client:
 
     def get(self, key: str) -> Any:
         """The value under `key`, or None when absent; linearizable (ReadIndex on the leader)."""
-        return self._call("kv.get", {"key": check_key(key)})
+        body = {"key": check_key(key)}
+        check_size("kv.get", body, self.config.transport.max_message_bytes)
+        return self._call("kv.get", body)
 
     def delete(self, key: str) -> bool:
         """Remove `key`; True when it existed."""
@@ -88,6 +91,7 @@ class Client:
         return leader_of(self.statuses())
 
     def _write(self, kind: str, body: dict[str, Any]) -> Any:
+        check_size(kind, body, self.config.transport.max_message_bytes)
         try:
             return self._write_in_session(kind, body)
         except SessionExpired as expired:

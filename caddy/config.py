@@ -21,6 +21,7 @@ import yaml
 from caddy.errors import CaddyError
 from caddy.raft.timings import RaftTimings, RaftTimingsError
 from caddy.raft.types import Membership
+from caddy.sizes import MIN_MESSAGE_BYTES
 
 NodeRole = Literal["voter", "learner", "witness"]
 NODE_ROLES: tuple[str, ...] = get_args(NodeRole)
@@ -132,7 +133,8 @@ class TransportSettings:
     connect_timeout_ms: int = 5000
     request_timeout_ms: int = 30_000
     keep_alive_ms: int = 10_000
-    max_message_bytes: int = 16 * 1024 * 1024
+    # Frames over this are refused; writes are held to it less framing (`caddy.sizes`).
+    max_message_bytes: int = _setting(16 * 1024 * 1024, minimum=MIN_MESSAGE_BYTES)
     send_hwm: int = 10_000  # queued messages per peer before sends are refused
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000

@@ -11,12 +11,13 @@ Every argument is checked before anything goes on the network:
 - `--topology PATH`: non-empty; the file must load (`caddy.config.load_topology`).
 - `COMMAND`: one of the subcommands; each takes exactly its positional arguments.
 - `KEY`: a non-empty string; `VALUE`, `EXPECTED`, `NEW`: strings (stored as given, never parsed as
-  JSON), possibly empty. All must be valid UTF-8 and, together, fit one request of the topology's
-  `transport.max_message_bytes` (measured uncompressed).
+  JSON), possibly empty. All must be valid UTF-8 and, together, within the largest write of the
+  topology (`transport.max_message_bytes` less 4 KiB of framing, see `caddy.sizes`).
 - `NODE` (status): non-empty, and one of the topology's node ids.
 
 Mistakes argparse can see alone print its usage and one `caddy-ctl: error: ...` line; mistakes that
-need the topology (unknown NODE, oversized KEY/VALUE) print one `caddy-ctl: ...` line.
+need the topology (unknown NODE, a KEY or write over the largest size) print one `caddy-ctl: ...`
+line.
 """
 
 from __future__ import annotations
@@ -29,21 +30,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from caddy import errors
 from caddy.client import Client
 from caddy.config import ClusterConfig, ConfigError, load_topology
-from caddy.errors import CaddyError
-from caddy.wire import Codec
+from caddy.errors import CaddyError, ValueTooLarge
+from caddy.request_policy import check_size
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 3600.0  # longer than any failover; a larger value is a typo, not a wish
 _SHOWN_CHARS = 40  # an argument quoted in an error message is cut to this many characters
-
-# Raised by the client for a write over the documented maximum size; may not exist yet.
-_VALUE_TOO_LARGE: tuple[type[BaseException], ...] = tuple(
-    error for error in [getattr(errors, "ValueTooLarge", None)] if isinstance(error, type)
-)
 
 
 class _UsageParser(argparse.ArgumentParser):
@@ -137,43 +132,28 @@ def topology_problem(config: ClusterConfig, args: argparse.Namespace) -> str | N
     if request is None:
         return None
     kind, body, parts = request
-    limit = config.transport.max_message_bytes
-    size = request_bytes(config, kind, body)
-    if size <= limit:
-        return None
-    sizes = ", ".join(f"{name} {_bytes(len(text.encode('utf-8')))}" for name, text in parts)
-    return (
-        f"{args.command}: the request is {_bytes(size)} ({sizes}), over the topology's "
-        f"transport.max_message_bytes of {limit}"
-    )
-
-
-def request_bytes(config: ClusterConfig, kind: str, body: dict[str, Any]) -> int:
-    """The size of the client's frame for this request, uncompressed, with the longest sender a
-    client has (`client-PID`, a pid of up to 7 digits): the worst case, the same in every run."""
-    codec = Codec(
-        cluster=config.cluster,
-        sender=f"client-{'9' * 7}",
-        max_message_bytes=sys.maxsize,
-        compress_threshold=None,
-    )
-    return len(codec.encode(kind, body, request_id=1))
+    try:
+        check_size(kind, body, config.transport.max_message_bytes)
+    except ValueTooLarge as error:
+        sizes = ", ".join(f"{name} {_bytes(len(text.encode('utf-8')))}" for name, text in parts)
+        return f"{args.command}: {error}: {sizes}"
+    return None
 
 
 def _kv_request(
     args: argparse.Namespace,
 ) -> tuple[str, dict[str, Any], list[tuple[str, str]]] | None:
-    """(kind, body as the client sends it, the arguments by name) of a key-value command."""
-    session = {"client": "0" * 32, "seq": 1, "ack": 1}  # a client id is 32 hex digits
+    """(kind, body as the client sends it without its session, the arguments by name) of a
+    key-value command."""
     if args.command == "put":
-        body = {"key": args.key, "value": args.value, **session}
+        body = {"key": args.key, "value": args.value}
         return "kv.put", body, [("KEY", args.key), ("VALUE", args.value)]
     if args.command == "get":
         return "kv.get", {"key": args.key}, [("KEY", args.key)]
     if args.command == "delete":
-        return "kv.delete", {"key": args.key, **session}, [("KEY", args.key)]
+        return "kv.delete", {"key": args.key}, [("KEY", args.key)]
     if args.command == "cas":
-        body = {"key": args.key, "expected": args.expected, "new": args.new, **session}
+        body = {"key": args.key, "expected": args.expected, "new": args.new}
         parts = [("KEY", args.key), ("EXPECTED", args.expected), ("NEW", args.new)]
         return "kv.cas", body, parts
     return None
@@ -206,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
             status = _COMMANDS[args.command](client, args)
         sys.stdout.flush()  # a broken pipe shows here, not at interpreter exit
         return status
-    except (ConfigError, *_VALUE_TOO_LARGE) as error:  # the topology, or a write too large for it
+    except (ConfigError, ValueTooLarge) as error:  # the topology, or a write too large for it
         _error(error)
         return EXIT_USAGE
     except BrokenPipeError:  # main's to report

@@ -1,6 +1,6 @@
 """The error hierarchy every CADDY failure derives from.
 
-Users catch `CaddyError`; the client raises `Timeout` and `Unavailable`.
+Users catch `CaddyError`; the client raises `Timeout`, `Unavailable` and `ValueTooLarge`.
 """
 
 
@@ -26,3 +26,19 @@ class NotLeader(CaddyError):
     def __init__(self, leader_hint: str | None = None) -> None:
         super().__init__(f"not the leader (leader: {leader_hint or 'unknown'})")
         self.leader_hint = leader_hint
+
+
+class ValueTooLarge(CaddyError):
+    """A write (or a key) over the largest the cluster takes (`caddy.sizes.max_write_bytes`):
+    refused before anything was proposed, so nothing was applied. `size` and `limit` in bytes."""
+
+    def __init__(self, what: str, size: int, limit: int, max_message_bytes: int) -> None:
+        super().__init__(
+            f"{what} is {size} bytes, over the largest of {limit} bytes "
+            f"(transport.max_message_bytes {max_message_bytes} less "
+            f"{max_message_bytes - limit} bytes of framing)"
+        )
+        self.what = what
+        self.size = size
+        self.limit = limit
+        self.max_message_bytes = max_message_bytes

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from caddy.errors import CaddyError, Timeout, Unavailable
+from caddy.replication.commands import CommandError, encode_kv
 from caddy.replication.replies import (
     CODE_FIELD,
     ERROR_FIELD,
@@ -18,9 +19,12 @@ from caddy.replication.replies import (
     OK_KIND,
     REDIRECT_KIND,
     RETRY_FIELD,
+    TOO_LARGE_CODE,
     VALUE_FIELD,
+    too_large_error,
 )
 from caddy.replication.state_machine import ErrorCode
+from caddy.sizes import check_write
 from caddy.wire import Envelope
 
 ATTEMPT_TIMEOUT_S = 0.25  # after this long without an answer, ask every node
@@ -87,8 +91,11 @@ class RequestPolicy:
                 return True
             if not retryable(answer):
                 error = str(answer.body.get(ERROR_FIELD, answer.kind))
-                if answer.body.get(CODE_FIELD) == ErrorCode.SESSION_EXPIRED:
+                code = answer.body.get(CODE_FIELD)
+                if code == ErrorCode.SESSION_EXPIRED:
                     raise SessionExpired(error, retried=self.attempts > 1)
+                if code == TOO_LARGE_CODE and (too_large := too_large_error(answer.body)):
+                    raise too_large
                 raise RequestFailed(error)
         hints = {answer.body.get(LEADER_FIELD) for answer in replies.values()}
         hinted = [node for node in hints if node in self.node_ids and node not in asked]
@@ -102,6 +109,26 @@ class RequestPolicy:
         if not self.answered:
             return Unavailable(f"no node answered within {self.timeout:g} s")
         return Timeout(f"no leader completed the request within {self.timeout:g} s")
+
+
+def check_size(kind: str, body: dict[str, Any], max_message_bytes: int) -> None:
+    """Raise ValueTooLarge for a `kv.*` request whose write (or key, for a read) is over the
+    largest the cluster takes (`caddy.sizes.max_write_bytes`), before anything is sent. A request
+    that cannot be encoded at all is left for the node to refuse with its reason."""
+    key = body["key"]
+    if kind == "kv.get":
+        try:
+            check_write("the key", len(key.encode()), max_message_bytes)
+        except UnicodeEncodeError:
+            pass
+        return
+    op = kind.removeprefix("kv.")
+    value = body["new"] if op == "cas" else body.get("value")
+    try:
+        payload = encode_kv(op, key, value, body.get("expected"))
+    except CommandError:
+        return
+    check_write("the write", len(payload), max_message_bytes)
 
 
 def retryable(answer: Envelope) -> bool:

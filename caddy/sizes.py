@@ -11,6 +11,10 @@ so that a write of `max_write_bytes` fits every message it travels in; the node'
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from caddy.errors import ValueTooLarge
+
 # The framing around one write in the largest message that carries it, with room to spare: an
 # envelope (three names of up to 128 characters, at most 4 UTF-8 bytes each), an AppendEntries
 # header, one entry's framing and a batch entry's session fields (a client id of up to 128
@@ -23,6 +27,10 @@ ENTRY_FRAMING_BYTES = 32
 # What one more write adds to a batch entry besides its payload and client id: the array, the
 # client id's header, seq, ack and the payload's bin header.
 WRITE_FRAMING_BYTES = 32
+UTF8_BYTES_PER_CHAR = 4  # at most
+# A membership on the wire: the map with its three role names and list headers.
+MEMBERSHIP_FRAMING_BYTES = 64
+NAME_FRAMING_BYTES = 5  # a str header, at most
 
 
 def max_write_bytes(max_message_bytes: int) -> int:
@@ -31,9 +39,25 @@ def max_write_bytes(max_message_bytes: int) -> int:
     return max_message_bytes - FRAME_OVERHEAD_BYTES
 
 
-def batched_write_bytes(payload_bytes: int, client_id_bytes: int) -> int:
-    """At most what one write adds to a batch entry."""
-    return payload_bytes + client_id_bytes + WRITE_FRAMING_BYTES
+def check_write(what: str, size: int, max_message_bytes: int) -> None:
+    """Raise ValueTooLarge when `size` bytes (a write's payload, or a key) are over
+    `max_write_bytes`."""
+    limit = max_write_bytes(max_message_bytes)
+    if size > limit:
+        raise ValueTooLarge(what, size, limit, max_message_bytes)
+
+
+def batched_write_bytes(payload_bytes: int, client_id_chars: int) -> int:
+    """At most what one write adds to a batch entry (a client id's characters counted at their
+    longest in UTF-8, so that nothing has to be encoded to size a write)."""
+    return payload_bytes + UTF8_BYTES_PER_CHAR * client_id_chars + WRITE_FRAMING_BYTES
+
+
+def membership_bytes(names: Iterable[str]) -> int:
+    """At most what a membership of these node ids takes on the wire."""
+    return MEMBERSHIP_FRAMING_BYTES + sum(
+        UTF8_BYTES_PER_CHAR * len(name) + NAME_FRAMING_BYTES for name in names
+    )
 
 
 def append_bytes_limit(max_message_bytes: int, max_append_bytes: int, max_entries: int) -> int:

@@ -69,7 +69,9 @@ class Codec:
             if compress and threshold is not None and len(frame) > threshold:
                 compressed = zlib.compress(_pack(body), 1)
                 header = [PROTOCOL_VERSION, self.cluster, self.sender, kind, request_id]
-                frame = _pack([*header, FLAG_COMPRESSED, compressed])
+                packed = _pack([*header, FLAG_COMPRESSED, compressed])
+                if len(packed) < len(frame):  # incompressible bodies stay as they are
+                    frame = packed
         except (TypeError, ValueError, OverflowError) as error:
             raise WireError(f"cannot encode {kind!r}: {error}") from error
         if len(frame) > self.max_message_bytes:

@@ -41,6 +41,7 @@ from caddy.raft.read_index import ReadIndexTracker, ReadState
 from caddy.raft.ready import Ready, Snapshot, SoftState, StateRole, VoteRecord
 from caddy.raft.storage_api import RecoveredState
 from caddy.raft.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
+from caddy.sizes import append_bytes_limit, membership_bytes, snapshot_chunk_limit
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class RaftNode:
         check_quorum: bool = True,
         lease_reads: bool = False,
         snapshot_chunk_bytes: int = 1 << 20,
+        max_message_bytes: int = 16 << 20,
         vote_audit_size: int = 256,
     ) -> None:
         if not 1 <= heartbeat_ticks < election_ticks_min <= election_ticks_max:
@@ -93,7 +95,11 @@ class RaftNode:
         self._election_ticks_min = election_ticks_min
         self._election_ticks_max = election_ticks_max
         self._max_append_entries = max_append_entries
-        self._max_append_bytes = max_append_bytes
+        # Held below the message limit, whatever the settings (see `caddy.sizes`).
+        self._max_append_bytes = append_bytes_limit(
+            max_message_bytes, max_append_bytes, max_append_entries
+        )
+        self._max_message_bytes = max_message_bytes
         self._max_inflight = max_inflight
         self._snapshot_threshold = snapshot_threshold
         self._snapshot_threshold_bytes = snapshot_threshold_bytes
@@ -703,7 +709,12 @@ class RaftNode:
 
     def _send_snapshot_chunk(self, peer: str, progress: Progress) -> None:
         data, offset = self._snapshot_data, progress.snapshot_offset
-        chunk = data[offset : offset + self._snapshot_chunk_bytes]
+        members = self.log.snapshot.membership
+        names = (*members.voters, *members.learners, *members.witnesses)
+        size = snapshot_chunk_limit(
+            self._max_message_bytes, self._snapshot_chunk_bytes, membership_bytes(names)
+        )
+        chunk = data[offset : offset + size]
         done = offset + len(chunk) >= len(data)
         self._send(
             peer, InstallSnapshot(self.term, self.id, self.log.snapshot, offset, chunk, done)

@@ -13,6 +13,7 @@ from caddy.bounds import MAX_INT64, describe
 from caddy.errors import CaddyError, WireError
 from caddy.replication.commands import CommandError, check_command, encode_batch, encode_kv
 from caddy.replication.replies import ERROR_KIND, OK_KIND, ok_body, refusal_body
+from caddy.sizes import batched_write_bytes
 from caddy.wire import require_fields
 
 READ_KIND = "kv.get"
@@ -50,8 +51,8 @@ class ClientRequest(NamedTuple):
 
     @property
     def size(self) -> int:
-        """About what this write adds to a log entry, in bytes."""
-        return len(self.payload) + len(self.client_id) + 16
+        """At most what this write adds to a log entry, in bytes."""
+        return batched_write_bytes(len(self.payload), len(self.client_id))
 
 
 def writes_entry(writes: Sequence[ClientRequest], log_time_ms: int) -> bytes:

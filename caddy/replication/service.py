@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from caddy.errors import ValueTooLarge
 from caddy.replication.replies import (
     ERROR_KIND,
     OK_KIND,
@@ -17,6 +18,7 @@ from caddy.replication.replies import (
     error_body,
     ok_body,
     redirect_body,
+    too_large_body,
 )
 from caddy.replication.requests import (
     ClientRequest,
@@ -25,12 +27,13 @@ from caddy.replication.requests import (
     result_reply,
     writes_entry,
 )
+from caddy.sizes import check_write, max_write_bytes
 
 logger = logging.getLogger(__name__)
 
-# Writes proposed together share a log entry up to this size; a larger write gets its own. Not a
-# setting: it only sets how finely a batch is cut (appends are bounded by raft.max_append_bytes),
-# and no guarantee a user relies on changes with it.
+# Writes proposed together share a log entry up to this size (or the largest write, when that is
+# smaller); a larger write gets its own. Not a setting: it only sets how finely a batch is cut
+# (appends are bounded by raft.max_append_bytes), and no guarantee a user relies on changes with it.
 MAX_ENTRY_BYTES = 256 * 1024
 NO_READS = "this node's state machine has no read(key) method"
 
@@ -67,6 +70,7 @@ class KeyValueService(Generic[Route]):
         "_request_timeout_s",
         "_read",
         "_max_entry_bytes",
+        "_max_message_bytes",
         "_queued_routes",
         "_queued_writes",
         "_writes",
@@ -84,14 +88,17 @@ class KeyValueService(Generic[Route]):
         node_id: str,
         request_timeout_s: float,
         read: Callable[[str], Any] | None,
+        max_message_bytes: int,
         max_entry_bytes: int = MAX_ENTRY_BYTES,
     ) -> None:
         """`read`: the state machine's `read(key)`, or None when it has none (reads are then
-        refused)."""
+        refused). `max_message_bytes`: the transport's; writes over `caddy.sizes.max_write_bytes`
+        of it are refused before they are proposed."""
         self._node_id = node_id  # for log records
         self._request_timeout_s = request_timeout_s
         self._read = read
-        self._max_entry_bytes = max_entry_bytes
+        self._max_entry_bytes = min(max_entry_bytes, max_write_bytes(max_message_bytes))
+        self._max_message_bytes = max_message_bytes
         # Writes not yet proposed, as two parallel lists: no tuple per write
         self._queued_routes: list[Route] = []
         self._queued_writes: list[ClientRequest] = []
@@ -128,8 +135,13 @@ class KeyValueService(Generic[Route]):
         queued."""
         try:
             request = parse_request(kind, body)
+            if not request.is_read:
+                check_write("the write", len(request.payload), self._max_message_bytes)
         except RequestError as error:
             self._replies.append((route, ERROR_KIND, error_body(str(error), retry=False)))
+            return
+        except ValueTooLarge as error:
+            self._replies.append((route, ERROR_KIND, too_large_body(error)))
             return
         if not leader:
             self._replies.append((route, REDIRECT_KIND, redirect_body(leader_hint)))

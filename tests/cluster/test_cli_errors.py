@@ -119,9 +119,9 @@ def test_address_in_use_is_one_line_and_status_1(tmp_path, processes):
 # ----- every argument checked: usage + one error line, or one line, and never a network wait ----
 
 SMALL_MESSAGES = {
-    "transport": {"max_message_bytes": 4096},
-    "raft": {"max_append_bytes": 2048},
-    "replication": {"snapshot_chunk_bytes": 2048},
+    "transport": {"max_message_bytes": 16384},  # the smallest: writes of up to 12288 bytes
+    "raft": {"max_append_bytes": 8192},
+    "replication": {"snapshot_chunk_bytes": 8192},
 }
 
 
@@ -220,20 +220,18 @@ def test_ctl_refuses_an_unknown_node_in_one_line_listing_the_known_ones(idle_top
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["put", "k", "x" * 5000], "put: the request is 5098 bytes (KEY 1 byte, VALUE 5000 bytes)"),
-        (["put", "k" * 5000, "v"], "put: the request is 5098 bytes (KEY 5000 bytes, VALUE 1 byte)"),
-        (["get", "k" * 5000], "get: the request is 5039 bytes (KEY 5000 bytes)"),
-        (["delete", "k" * 5000], "delete: the request is"),
-        (["cas", "k", "a", "b" * 5000], "(KEY 1 byte, EXPECTED 1 byte, NEW 5000 bytes)"),
+        (["put", "k", "x" * 13000], "put: the write is 13011 bytes, over the largest of 12288"),
+        (["put", "k" * 13000, "v"], "put: the write is 13011 bytes, over the largest of 12288"),
+        (["get", "k" * 13000], "get: the key is 13000 bytes, over the largest of 12288 bytes"),
+        (["delete", "k" * 13000], "delete: the write is"),
+        (["cas", "k", "a", "b" * 13000], ": KEY 1 byte, EXPECTED 1 byte, NEW 13000 bytes"),
     ],
 )
 def test_ctl_refuses_a_key_or_value_over_the_message_size_in_one_line(tmp_path, args, expected):
     topology = write_topology(tmp_path, 3, **SMALL_MESSAGES)
     result = run(CADDY_CTL, "--topology", str(topology), "--timeout", "60", *args)
     assert_one_line(result, "caddy-ctl", expected)
-    assert result.stderr.rstrip().endswith(
-        "over the topology's transport.max_message_bytes of 4096"
-    )
+    assert "(transport.max_message_bytes 16384 less 4096 bytes of framing)" in result.stderr
 
 
 @pytest.mark.parametrize("script", ["ctl", "node"])

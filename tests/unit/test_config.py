@@ -451,6 +451,12 @@ INVALID = [
         id="negative",
     ),
     pytest.param(
+        ("transport", "max_message_bytes"),
+        16383,
+        "transport.max_message_bytes: must be at least 16384, got 16383",
+        id="message-limit-below-a-useful-write",
+    ),
+    pytest.param(
         ("replication", "compression_threshold_bytes"),
         -1,
         "replication.compression_threshold_bytes: must be at least 0, got -1",

@@ -9,14 +9,16 @@ import pytest
 from actors.local_cluster import write_topology
 from caddy import ctl
 from caddy.config import ConfigError, load_topology
-from caddy.errors import CaddyError, Timeout, Unavailable
+from caddy.errors import CaddyError, Timeout, Unavailable, ValueTooLarge
+from caddy.replication.commands import encode_kv
+from caddy.sizes import MIN_MESSAGE_BYTES, max_write_bytes
 
 SMALL = {
-    "transport": {"max_message_bytes": 4096},
-    "raft": {"max_append_bytes": 2048},
-    "replication": {"snapshot_chunk_bytes": 2048},
+    "transport": {"max_message_bytes": MIN_MESSAGE_BYTES},
+    "raft": {"max_append_bytes": 8192},
+    "replication": {"snapshot_chunk_bytes": 8192},
 }
-SESSION = {"client": "0" * 32, "seq": 1, "ack": 1}  # what the client adds to a write
+LARGEST = max_write_bytes(MIN_MESSAGE_BYTES)  # 12288 bytes
 
 
 @pytest.fixture
@@ -126,32 +128,36 @@ def test_unknown_node_is_one_line_listing_the_known_ones(topology, capsys):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["put", "k", "x" * 5000], "put: the request is 5098 bytes (KEY 1 byte, VALUE 5000 bytes)"),
-        (["put", "k" * 5000, "v"], "(KEY 5000 bytes, VALUE 1 byte)"),
-        (["get", "k" * 5000], "get: the request is 5039 bytes (KEY 5000 bytes)"),
-        (["delete", "k" * 5000], "delete: the request is"),
-        (["cas", "k", "a" * 2100, "b" * 2100], "(KEY 1 byte, EXPECTED 2100 bytes, NEW 2100 bytes)"),
-        (["put", "k", "é" * 2100], "VALUE 4200 bytes"),  # bytes of UTF-8, not characters
+        (
+            ["put", "k", "x" * 13000],
+            "put: the write is 13011 bytes, over the largest of 12288 bytes",
+        ),
+        (["put", "k" * 13000, "v"], ": KEY 13000 bytes, VALUE 1 byte"),
+        (["get", "k" * 13000], "get: the key is 13000 bytes, over the largest of 12288 bytes"),
+        (["delete", "k" * 13000], "delete: the write is"),
+        (["cas", "k", "a" * 6200, "b" * 6200], ": KEY 1 byte, EXPECTED 6200 bytes, NEW 6200 bytes"),
+        (["put", "k", "é" * 6200], "VALUE 12400 bytes"),  # bytes of UTF-8, not characters
     ],
 )
 def test_oversized_requests_are_one_line_naming_both_sizes(small_topology, capsys, argv, expected):
     assert ctl.main(["--topology", str(small_topology), *argv]) == ctl.EXIT_USAGE
     line = one_line(capsys)
     assert expected in line
-    assert line.endswith("over the topology's transport.max_message_bytes of 4096")
+    assert "(transport.max_message_bytes 16384 less 4096 bytes of framing)" in line
 
 
-def test_a_request_of_exactly_the_limit_passes_the_check(small_topology):
+def test_a_write_of_exactly_the_largest_size_passes_the_check(small_topology):
     config = load_topology(small_topology)
-    limit = config.transport.max_message_bytes
 
     def put(length):
         return parse("put", "k", "x" * length)
 
-    base = ctl.request_bytes(config, "kv.put", {"key": "k", "value": "x" * 300, **SESSION})
-    fits = 300 + limit - base
+    fits = LARGEST - len(encode_kv("put", "k", "")) - 2  # a str16 header
+    assert len(encode_kv("put", "k", "x" * fits)) == LARGEST
     assert ctl.topology_problem(config, put(fits)) is None
     assert ctl.topology_problem(config, put(fits + 1)) is not None
+    assert ctl.topology_problem(config, parse("get", "k" * LARGEST)) is None
+    assert ctl.topology_problem(config, parse("get", "k" * (LARGEST + 1))) is not None
     assert ctl.topology_problem(config, parse("status")) is None
     assert ctl.topology_problem(config, parse("status", "n2")) is None
     assert ctl.topology_problem(config, parse("leader")) is None
@@ -223,15 +229,12 @@ def test_the_client_gets_the_checked_timeout(topology, monkeypatch):
     assert seen == [3600.0, ctl.DEFAULT_TIMEOUT_S]
 
 
-def test_a_write_the_client_finds_too_large_exits_2(topology, monkeypatch, capsys):
-    class ValueTooLarge(CaddyError):  # the client's error for a write over the documented size
-        pass
-
-    monkeypatch.setattr(ctl, "_VALUE_TOO_LARGE", (ValueTooLarge,))
-    monkeypatch.setattr(FailingClient, "error", ValueTooLarge("value is 9 bytes, over 8"))
+def test_a_write_the_cluster_finds_too_large_exits_2(topology, monkeypatch, capsys):
+    error = ValueTooLarge("the write", 20_000, 12_288, 16_384)  # as the leader answers it
+    monkeypatch.setattr(FailingClient, "error", error)
     monkeypatch.setattr(ctl, "Client", FailingClient)
     assert ctl.main(["--topology", str(topology), "put", "k", "v"]) == ctl.EXIT_USAGE
-    assert one_line(capsys) == "caddy-ctl: value is 9 bytes, over 8"
+    assert one_line(capsys) == f"caddy-ctl: {error}"
 
 
 def test_an_unexpected_error_while_loading_the_topology_is_one_line(topology, monkeypatch, capsys):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from caddy.errors import Timeout, Unavailable
+from caddy.errors import Timeout, Unavailable, ValueTooLarge
+from caddy.replication.replies import too_large_body
 from caddy.request_policy import (
     ATTEMPT_TIMEOUT_S,
     NO_LEADER_BACKOFF_S,
@@ -10,8 +11,10 @@ from caddy.request_policy import (
     RequestPolicy,
     SessionExpired,
     answer_body,
+    check_size,
     leader_of,
 )
+from caddy.sizes import MIN_MESSAGE_BYTES
 from caddy.wire import Envelope
 
 NODES = ("n1", "n2", "n3")
@@ -75,6 +78,40 @@ def test_session_expired_says_whether_the_write_had_been_sent_before():
     with pytest.raises(SessionExpired, match="outcome is unknown") as raised:
         again.settle(list(NODES), {"n1": expired, "n2": None, "n3": None})
     assert raised.value.retried is True
+
+
+def test_a_write_the_leader_finds_too_large_raises_value_too_large_with_both_sizes():
+    refused = too_large_body(ValueTooLarge("the write", 20_000, 12_288, 16_384))
+    with pytest.raises(ValueTooLarge) as raised:
+        policy("n1").settle(["n1"], {"n1": answer("kv.error", **refused)})
+    assert (raised.value.size, raised.value.limit, raised.value.max_message_bytes) == (
+        20_000,
+        12_288,
+        16_384,
+    )
+    garbled = {**refused, "size": "many"}  # not what a node sends: still a definite failure
+    with pytest.raises(RequestFailed, match="20000 bytes, over the largest"):
+        policy("n1").settle(["n1"], {"n1": answer("kv.error", **garbled)})
+
+
+@pytest.mark.parametrize(
+    "kind, body",
+    [
+        ("kv.put", {"key": "k", "value": "x" * 12_300}),
+        ("kv.put", {"key": "k" * 12_300, "value": None}),
+        ("kv.cas", {"key": "k", "expected": "e" * 6_150, "new": "n" * 6_150}),
+        ("kv.delete", {"key": "k" * 12_300}),
+        ("kv.get", {"key": "\N{GRINNING FACE}" * 3_073}),  # 12,292 bytes of UTF-8
+    ],
+)
+def test_the_client_refuses_a_request_over_the_largest_size_before_sending(kind, body):
+    with pytest.raises(ValueTooLarge, match="over the largest of 12288 bytes"):
+        check_size(kind, body, MIN_MESSAGE_BYTES)
+
+
+def test_the_client_leaves_a_request_it_cannot_encode_to_the_node():
+    check_size("kv.put", {"key": "k", "value": object()}, MIN_MESSAGE_BYTES)  # no ValueTooLarge
+    check_size("kv.get", {"key": "\ud800" * 20_000}, MIN_MESSAGE_BYTES)  # not UTF-8
 
 
 def test_the_deadline_ends_the_course_with_the_right_error():

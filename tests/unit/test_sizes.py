@@ -2,9 +2,11 @@
 are: the client's request, the leader's AppendEntries, the answer to a read of it; and the node's
 own batches (entries per append, snapshot chunks) stay below the message limit."""
 
+import msgpack
 import pytest
 
 from caddy.bounds import MAX_INT64, MAX_NAME_LENGTH
+from caddy.errors import ValueTooLarge
 from caddy.raft.codec import to_wire
 from caddy.raft.messages import AppendEntries, InstallSnapshot
 from caddy.raft.types import Entry, EntryKind, Membership, SnapshotMeta
@@ -14,10 +16,13 @@ from caddy.sizes import (
     MIN_MESSAGE_BYTES,
     append_bytes_limit,
     batched_write_bytes,
+    check_write,
     max_write_bytes,
+    membership_bytes,
     snapshot_chunk_limit,
 )
 from caddy.wire import Codec
+from tests.sizing import value_for_payload
 
 LONGEST_NAME = "\N{GRINNING FACE}" * MAX_NAME_LENGTH  # 4 bytes a character in UTF-8
 LIMITS = (MIN_MESSAGE_BYTES, 1 << 20, 16 << 20)
@@ -25,17 +30,6 @@ LIMITS = (MIN_MESSAGE_BYTES, 1 << 20, 16 << 20)
 
 def codec(limit):
     return Codec(LONGEST_NAME, LONGEST_NAME, max_message_bytes=limit, compress_threshold=None)
-
-
-def value_for_payload(op, key, payload_bytes, expected=None):
-    """A bytes value whose write payload (as `encode_kv` packs it) has exactly that size."""
-    value = b""
-    for _ in range(10):  # a length header that grows can overshoot once: trim, try again
-        missing = payload_bytes - len(encode_kv(op, key, value, expected))
-        if missing == 0:
-            return value
-        value = b"v" * max(0, len(value) + missing)
-    raise AssertionError(f"no value gives a payload of {payload_bytes} bytes")
 
 
 @pytest.mark.parametrize("limit", LIMITS)
@@ -87,11 +81,12 @@ def test_a_snapshot_chunk_fits_with_its_membership(limit):
     voters = frozenset(f"{LONGEST_NAME[:-3]}{n:03}" for n in range(7))
     membership = Membership(voters, frozenset(), frozenset())
     meta = SnapshotMeta(MAX_INT64, MAX_INT64, membership)
-    membership_bytes = len(codec(limit).encode("m", {"m": to_wire_meta(meta)}))
-    chunk = snapshot_chunk_limit(limit, limit, membership_bytes)
+    bound = membership_bytes(voters)
+    assert bound >= len(msgpack.packb(to_wire_meta(meta)["membership"]))
+    chunk = snapshot_chunk_limit(limit, limit, bound)
     message = InstallSnapshot(MAX_INT64, LONGEST_NAME, meta, MAX_INT64, b"s" * chunk, True)
     assert len(codec(limit).encode(message.kind, to_wire(message))) <= limit
-    assert snapshot_chunk_limit(limit, 100, membership_bytes) == 100
+    assert snapshot_chunk_limit(limit, 100, bound) == 100
 
 
 def to_wire_meta(meta):
@@ -102,4 +97,17 @@ def test_a_batched_write_counts_at_least_what_it_adds_to_an_entry():
     payload, client = b"p" * 100, LONGEST_NAME
     alone = len(encode_batch(MAX_INT64, [(client, MAX_INT64, MAX_INT64, payload)]))
     two = len(encode_batch(MAX_INT64, [(client, MAX_INT64, MAX_INT64, payload)] * 2))
-    assert two - alone <= batched_write_bytes(len(payload), len(client.encode()))
+    assert two - alone <= batched_write_bytes(len(payload), len(client))  # chars, not bytes
+
+
+def test_a_write_over_the_largest_size_raises_naming_both_sizes():
+    limit = MIN_MESSAGE_BYTES
+    check_write("the write", max_write_bytes(limit), limit)  # exactly the largest: no error
+    with pytest.raises(ValueTooLarge) as raised:
+        check_write("the write", max_write_bytes(limit) + 1, limit)
+    error = raised.value
+    assert (error.size, error.limit, error.max_message_bytes) == (12289, 12288, limit)
+    assert str(error) == (
+        "the write is 12289 bytes, over the largest of 12288 bytes "
+        "(transport.max_message_bytes 16384 less 4096 bytes of framing)"
+    )

@@ -1,5 +1,6 @@
 """The wire envelope: round trips, limits, compression, and that bad input only raises WireError."""
 
+import random
 import zlib
 
 import msgpack
@@ -40,6 +41,16 @@ def test_compression_off_sends_plain_bodies():
     packed = plain.encode("raft.append", {"data": "a" * 10_000})
     assert len(packed) > 10_000
     assert CODEC.decode(packed).body == {"data": "a" * 10_000}
+
+
+def test_an_incompressible_body_is_sent_as_it_is_and_fits_up_to_the_limit():
+    codec = Codec(cluster="demo", sender="n1", max_message_bytes=64 * 1024, compress_threshold=256)
+    room = 64 * 1024 - len(codec.encode("raft.append", {"data": b""})) - 1  # bin16, not bin8
+    noise = random.Random(7).randbytes(room)
+    packed = codec.encode("raft.append", {"data": noise})  # zlib would make it larger
+    assert len(packed) == 64 * 1024
+    assert msgpack.unpackb(packed)[5] == 0
+    assert codec.decode(packed).body == {"data": noise}
 
 
 def test_encode_refuses_an_oversized_message():

@@ -6,13 +6,19 @@ from caddy.replication.commands import decode_batch
 from caddy.replication.requests import parse_request
 from caddy.replication.service import NO_READS, KeyValueService
 from caddy.replication.state_machine import ErrorCode, error_result, ok_result
+from caddy.sizes import MIN_MESSAGE_BYTES, max_write_bytes
+from tests.sizing import value_for_payload
 
 TIMEOUT_S = 5.0
 
 
-def service(read=None, max_entry_bytes=256 * 1024):
+def service(read=None, max_entry_bytes=256 * 1024, max_message_bytes=16 << 20):
     return KeyValueService(
-        node_id="n1", request_timeout_s=TIMEOUT_S, read=read, max_entry_bytes=max_entry_bytes
+        node_id="n1",
+        request_timeout_s=TIMEOUT_S,
+        read=read,
+        max_entry_bytes=max_entry_bytes,
+        max_message_bytes=max_message_bytes,
     )
 
 
@@ -88,6 +94,42 @@ def test_writes_are_cut_into_entries_by_size_and_a_large_write_gets_its_own():
     assert proposal.routes == [["r1", "r2"], ["r3"], ["r4"], ["r5", "r6"], ["r7"]]
     seqs = [[command.seq for command in decode_batch(entry)[1]] for entry in proposal.entries]
     assert seqs == [[1, 2], [3], [4], [5, 6], [7]]
+
+
+def test_a_write_over_the_largest_size_is_refused_before_it_is_proposed():
+    limit = MIN_MESSAGE_BYTES
+    largest = max_write_bytes(limit)
+    kv = service(max_message_bytes=limit)
+    lead(kv, "fits", *put(1, value=value_for_payload("put", "k", largest)))
+    lead(kv, "over", *put(2, value=value_for_payload("put", "k", largest + 1)))
+    # Refused on a follower too: the size does not depend on who leads.
+    kv.request(
+        "over-f",
+        *put(3, value=value_for_payload("put", "k", largest + 1)),
+        leader=False,
+        leader_hint=None,
+    )
+    replies = kv.take_replies()
+    assert [route for route, _, _ in replies] == ["over", "over-f"]
+    for _, kind, body in replies:
+        assert kind == "kv.error"
+        assert body["code"] == "value_too_large" and body["retry"] is False
+        assert (body["size"], body["limit"]) == (largest + 1, largest)
+        assert body["max_message_bytes"] == limit
+        assert f"{largest + 1} bytes, over the largest of {largest} bytes" in body["error"]
+    proposal = kv.take_proposal(0)
+    assert proposal.routes == [["fits"]]  # nothing of the refused writes was proposed
+
+
+def test_entries_stay_within_the_largest_write_when_messages_are_small():
+    limit = MIN_MESSAGE_BYTES
+    kv = service(max_message_bytes=limit)
+    value = "x" * (max_write_bytes(limit) // 3)
+    for seq in range(1, 7):
+        lead(kv, f"r{seq}", *put(seq, value=value))
+    proposal = kv.take_proposal(0)
+    assert len(proposal.entries) == 3  # two writes of a third each per entry
+    assert all(len(entry) <= limit - 2048 for entry in proposal.entries)
 
 
 def test_a_refused_proposal_redirects_every_write_in_it():
