@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test venv lint clean
+.PHONY: run test fuzz venv lint clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests collected" >&2; exit 1; fi; exit $$status
+
+# A fuzz run against a live 3-node cluster (tests/fuzz/run.py): `make fuzz SEED=7 DURATION=600`.
+SEED ?= 1
+DURATION ?= 300
+fuzz: $(STAMP)
+	$(VENV)/bin/python -m tests.fuzz.run --seed $(SEED) --duration $(DURATION)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check caddy actors bin tests bench

@@ -17,12 +17,9 @@ Run as a script, this module is the victim or the attacker:
 
 from __future__ import annotations
 
-import os
 import random
 import select
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -36,6 +33,8 @@ from actors.local_cluster import REPO, free_ports
 from actors.transport import DRAIN_BATCH, SOCKET_LIMIT_FACTOR, configure_router
 from caddy.client import Client
 from caddy.config import TransportSettings, load_topology
+from tests.fuzz.connections import raw_flooder, socket_type_attacker
+from tests.fuzz.zmtp import envelope, zmtp_connect, zmtp_frame
 from tests.harness import LocalCluster, wait_until, write_topology
 
 LIMIT = 1024 * 1024  # the topologies' transport.max_message_bytes
@@ -50,130 +49,16 @@ NODE_IDS = [b"n1", b"n2", b"n3"]
 # ----- the attacker --------------------------------------------------------------------------
 
 
-def _envelope(sender: str = "n2", kind: str = "raft.append") -> bytes:
-    return msgpack.packb([1, "test", sender, kind, 0, 0, {"term": 1}], use_bin_type=True)
-
-
-def _zmtp_frame(body: bytes, *, command: bool = False, more: bool = False) -> bytes:
-    flags = (0x04 if command else 0) | (0x01 if more else 0)
-    if len(body) > 255:
-        return bytes([flags | 0x02]) + struct.pack(">Q", len(body)) + body
-    return bytes([flags, len(body)]) + body
-
-
-def _zmtp_property(name: bytes, value: bytes) -> bytes:
-    return bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
-
-
-# ZMTP 3.1, NULL mechanism, as a client; then a PING with TTL 0 (arms no timer on the victim).
-_GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"NULL".ljust(20, b"\x00") + bytes(32)
-_PING = _zmtp_frame(b"\x04PING\x00\x00ctx", command=True)
-
-
-def _zmtp_connect(port: int, socket_type: bytes, identity: bytes = b"") -> socket.socket:
-    """A TCP connection through ZMTP's handshake: greetings and READYs both ways (data sent
-    before the other side's READY is taken for a handshake command, and fails it)."""
-    conn = socket.create_connection(("127.0.0.1", port), timeout=5)
-    ready = _zmtp_property(b"Socket-Type", socket_type)
-    if identity:
-        ready += _zmtp_property(b"Identity", identity)
-    conn.sendall(_GREETING + _zmtp_frame(b"\x05READY" + ready, command=True))
-    _receive_exactly(conn, len(_GREETING))
-    flags, size = _receive_exactly(conn, 2)
-    if flags & 0x02:  # a long frame
-        size = struct.unpack(">Q", bytes([size]) + _receive_exactly(conn, 7))[0]
-    _receive_exactly(conn, size)
-    return conn
-
-
-def _receive_exactly(conn: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        more = conn.recv(count - len(data))
-        if not more:
-            raise ConnectionError("closed during the handshake")
-        data += more
-    return data
-
-
-def _raw_attacker(ports: tuple[int, int], deadline: float, rnd: random.Random) -> None:
-    """Hand-written ZMTP peers that never read: a flood with PINGs among the frames, then a
-    reset (SO_LINGER 0), so that a stopped connection is reset while PINGs wait in its buffer."""
-    body = _envelope()
-    while time.monotonic() < deadline:
-        socket_type = rnd.choice([b"DEALER", b"DEALER", b"REQ", b"ROUTER"])
-        identity = rnd.choice([*NODE_IDS, b"client", os.urandom(4)])
-        delimiter = _zmtp_frame(b"", more=True) if socket_type == b"REQ" else b""
-        chunk = b"".join(
-            (_PING if i % 3 == 0 else b"") + delimiter + _zmtp_frame(body) for i in range(2000)
-        )
-        try:
-            conn = _zmtp_connect(rnd.choice(ports), socket_type, identity)
-        except OSError:
-            time.sleep(0.01)
-            continue
-        try:
-            conn.settimeout(0.2)
-            limit, sent = rnd.choice([64 << 10, 1 << 20, 8 << 20]), 0
-            while sent < limit and time.monotonic() < deadline:
-                sent += conn.send(chunk)
-        except OSError:  # the victim stopped reading (timeout) or closed
-            pass
-        finally:
-            if rnd.random() < 0.5:
-                time.sleep(rnd.random() * 0.3)  # give a heartbeat time to find it
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
-
-
-def _zmq_attacker(ports: tuple[int, int], deadline: float, rnd: random.Random) -> None:
-    """pyzmq sockets of every type, with forged and duplicate routing ids and fast heartbeats,
-    flooding, closed and reopened."""
-    context = zmq.Context()
-    kinds = [zmq.DEALER, zmq.DEALER, zmq.REQ, zmq.ROUTER, zmq.PUSH, zmq.PUB, zmq.PAIR, zmq.SUB]
-    body = _envelope()
-    while time.monotonic() < deadline:
-        sockets = []
-        for _ in range(rnd.randint(2, 6)):
-            kind = rnd.choice(kinds)
-            sock = context.socket(kind)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 100_000)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, rnd.choice([1, 5, 50]))
-            if kind in (zmq.DEALER, zmq.REQ, zmq.ROUTER):
-                sock.setsockopt(zmq.ROUTING_ID, rnd.choice(NODE_IDS))
-            if kind == zmq.ROUTER:
-                sock.setsockopt(zmq.CONNECT_ROUTING_ID, b"victim")
-            if kind == zmq.SUB:
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            sock.connect(f"tcp://127.0.0.1:{rnd.choice(ports)}")
-            sockets.append((kind, sock))
-        until = min(deadline, time.monotonic() + rnd.random() * 0.5)
-        while time.monotonic() < until:
-            for kind, sock in sockets:
-                try:
-                    if kind == zmq.ROUTER:
-                        sock.send_multipart([b"victim", body], zmq.NOBLOCK)
-                    elif kind == zmq.REQ:
-                        sock.send(body, zmq.NOBLOCK)
-                    elif kind != zmq.SUB:
-                        for _ in range(50):
-                            sock.send(body, zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
-        for _, sock in sockets:
-            sock.close(0)
-    context.term()
-
-
 def attack(peer_port: int, client_port: int, seconds: float, seed: int) -> None:
     ports = (peer_port, client_port)
     deadline = time.monotonic() + seconds
     threads = [
-        threading.Thread(target=_raw_attacker, args=(ports, deadline, random.Random(seed * 10 + i)))
+        threading.Thread(target=raw_flooder, args=(ports, deadline, random.Random(seed * 10 + i)))
         for i in range(4)
     ] + [
-        threading.Thread(target=_zmq_attacker, args=(ports, deadline, random.Random(seed * 10 + i)))
+        threading.Thread(
+            target=socket_type_attacker, args=(ports, deadline, random.Random(seed * 10 + i))
+        )
         for i in range(4, 6)
     ]
     for thread in threads:
@@ -351,8 +236,8 @@ def test_a_node_cuts_a_connection_that_floods_faster_than_it_reads(tmp_path, pro
     with Client(topology, timeout=10) as client:
         local.leader(client)
         pid = local.nodes["n1"].pid
-        conn = _zmtp_connect(_port(node.client_address), b"DEALER")
-        chunk = _zmtp_frame(_envelope()) * 20_000
+        conn = zmtp_connect(_port(node.client_address), b"DEALER")
+        chunk = zmtp_frame(envelope()) * 20_000
         with pytest.raises(ConnectionError):  # reset by the node
             for _ in range(64 * 16 * 1024 * 1024 // len(chunk)):  # 64 times the limit here
                 conn.sendall(chunk)
