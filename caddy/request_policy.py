@@ -24,7 +24,7 @@ from caddy.replication.replies import (
     too_large_error,
 )
 from caddy.replication.state_machine import ErrorCode
-from caddy.sizes import check_write
+from caddy.sizes import check_write, max_write_bytes
 from caddy.wire import Envelope
 
 ATTEMPT_TIMEOUT_S = 0.25  # after this long without an answer, ask every node
@@ -123,12 +123,31 @@ def check_size(kind: str, body: dict[str, Any], max_message_bytes: int) -> None:
             pass
         return
     op = kind.removeprefix("kv.")
-    value = body["new"] if op == "cas" else body.get("value")
+    value, expected = (body["new"] if op == "cas" else body.get("value")), body.get("expected")
+    bound = _packed_bound(key) + _packed_bound(value) + _packed_bound(expected)
+    if bound + _WRITE_FRAMING_BYTES <= max_write_bytes(max_message_bytes):
+        return  # the common case, without packing the write a second time
     try:
-        payload = encode_kv(op, key, value, body.get("expected"))
+        payload = encode_kv(op, key, value, expected)
     except CommandError:
         return
     check_write("the write", len(payload), max_message_bytes)
+
+
+_WRITE_FRAMING_BYTES = 16  # encode_kv's array and op, at most
+_UNBOUNDED = 1 << 62
+
+
+def _packed_bound(value: Any) -> int:
+    """At most what msgpack makes of a scalar (containers: more than any limit, to be packed)."""
+    kind = type(value)
+    if kind is str:
+        return 4 * len(value) + 5
+    if kind is bytes:
+        return len(value) + 5
+    if value is None or kind is bool or kind is int or kind is float:
+        return 9
+    return _UNBOUNDED
 
 
 def retryable(answer: Envelope) -> bool:

@@ -1,15 +1,20 @@
 """The clients' request policy: whom to ask, what answers mean, when to give up."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caddy.errors import Timeout, Unavailable, ValueTooLarge
+from caddy.replication.commands import CommandError, encode_kv
 from caddy.replication.replies import too_large_body
 from caddy.request_policy import (
+    _WRITE_FRAMING_BYTES,
     ATTEMPT_TIMEOUT_S,
     NO_LEADER_BACKOFF_S,
     RequestFailed,
     RequestPolicy,
     SessionExpired,
+    _packed_bound,
     answer_body,
     check_size,
     leader_of,
@@ -140,3 +145,25 @@ def test_a_refused_client_request_raises_and_an_answer_gives_its_body():
     assert answer_body(answer("client.status.ok", term=2)) == {"term": 2}
     with pytest.raises(RequestFailed, match="unknown-request"):
         answer_body(answer("client.error", error="unknown-request"))
+
+
+@settings(max_examples=300)
+@given(
+    op=st.sampled_from(["put", "cas", "delete"]),
+    key=st.text(max_size=50),
+    value=st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=200)
+    | st.binary(max_size=300),
+    expected=st.none() | st.text(max_size=20) | st.binary(max_size=20),
+)
+def test_the_clients_quick_bound_on_a_writes_size_never_falls_short(op, key, value, expected):
+    """`check_size` skips packing a write whose scalars' bound fits: the bound must hold."""
+    try:
+        payload = encode_kv(op, key, value, expected if op == "cas" else None)
+    except CommandError:
+        return  # left to the node
+    bound = sum(_packed_bound(v) for v in (key, value, expected if op == "cas" else None))
+    assert len(payload) <= bound + _WRITE_FRAMING_BYTES
