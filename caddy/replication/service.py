@@ -27,7 +27,7 @@ from caddy.replication.requests import (
     result_reply,
     writes_entry,
 )
-from caddy.sizes import check_write, max_write_bytes
+from caddy.sizes import max_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class KeyValueService(Generic[Route]):
         "_read",
         "_max_entry_bytes",
         "_max_message_bytes",
+        "_max_write_bytes",
         "_queued_routes",
         "_queued_writes",
         "_writes",
@@ -97,7 +98,8 @@ class KeyValueService(Generic[Route]):
         self._node_id = node_id  # for log records
         self._request_timeout_s = request_timeout_s
         self._read = read
-        self._max_entry_bytes = min(max_entry_bytes, max_write_bytes(max_message_bytes))
+        self._max_write_bytes = max_write_bytes(max_message_bytes)
+        self._max_entry_bytes = min(max_entry_bytes, self._max_write_bytes)
         self._max_message_bytes = max_message_bytes
         # Writes not yet proposed, as two parallel lists: no tuple per write
         self._queued_routes: list[Route] = []
@@ -135,12 +137,11 @@ class KeyValueService(Generic[Route]):
         queued."""
         try:
             request = parse_request(kind, body)
-            if not request.is_read:
-                check_write("the write", len(request.payload), self._max_message_bytes)
         except RequestError as error:
             self._replies.append((route, ERROR_KIND, error_body(str(error), retry=False)))
             return
-        except ValueTooLarge as error:
+        if (size := len(request.payload)) > self._max_write_bytes:  # a read's payload is empty
+            error = ValueTooLarge("the write", size, self._max_write_bytes, self._max_message_bytes)
             self._replies.append((route, ERROR_KIND, too_large_body(error)))
             return
         if not leader:
