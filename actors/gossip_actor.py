@@ -77,7 +77,9 @@ class GossipActor(pykka.ThreadingActor):
                 swim_message = from_wire(envelope.kind, envelope.body)
             except WireError as error:  # counted (by peer for a peer's), logged rate-limited
                 peer = envelope.sender if message.route is None else None
-                self._transport.count_body_drop("swim-body", peer, str(error))
+                self._transport.count_body_drop(
+                    "swim-body", peer, str(error), source=message.source
+                )
                 return
             self._swim.step(envelope.sender, swim_message)
         self._flush()

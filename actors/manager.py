@@ -75,7 +75,9 @@ class ClusterManager:
             ref = spec.start(context)
             self._refs[spec.name] = ref
             for prefix in spec.prefixes:
-                self.transport.register(prefix, ref.tell, batched=spec.batched)
+                self.transport.register(prefix, ref.tell, batched=spec.batched, port="peer")
+            for prefix in spec.client_prefixes:
+                self.transport.register(prefix, ref.tell, batched=spec.batched, port="client")
             if spec.ticks:
                 self.ticker.register(ref)
             if spec.events is not None:

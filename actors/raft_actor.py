@@ -233,11 +233,15 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         try:
             message = from_wire(envelope.kind, envelope.body)
         except WireError as error:  # counted by peer, logged at most once per interval
-            self._transport.count_body_drop("raft-body", envelope.sender, str(error))
+            self._transport.count_body_drop(
+                "raft-body", envelope.sender, str(error), source=inbound.source
+            )
             return
         if message.sender != envelope.sender:
             detail = f"{envelope.kind}: the body's sender is not the envelope's"
-            self._transport.count_body_drop("raft-body", envelope.sender, detail)
+            self._transport.count_body_drop(
+                "raft-body", envelope.sender, detail, source=inbound.source
+            )
             return
         self.core.step(message)
 

@@ -46,8 +46,10 @@ class SubsystemSpec:
 
     - `start(context)` starts its actor and returns the ref (it may post status sections on
       `context.board` and publish on `context.events`);
-    - `prefixes`: the message kinds `PREFIX.*` it owns, peer or client; with `batched`, it gets
-      an `InboundBatch` per drain of the sockets instead of one `Inbound` each;
+    - `prefixes`: the message kinds `PREFIX.*` it owns on the peer port, `client_prefixes` those
+      on the client port (a kind a port does not take is dropped there, and a client's connection
+      that sends one is cut); with `batched`, it gets an `InboundBatch` per drain of the sockets
+      instead of one `Inbound` each;
     - `ticks`: it is told `Tick()` every `tick_ms`;
     - `events`: the node event kinds (or prefixes such as `"leader."`) it is told; None: none;
     - `reads_sockets`: its inbox reads the node's routers itself (`ReadingInbox`; one subsystem
@@ -58,6 +60,7 @@ class SubsystemSpec:
     name: str
     start: Callable[[NodeContext], pykka.ActorRef]
     prefixes: tuple[str, ...] = ()
+    client_prefixes: tuple[str, ...] = ()
     batched: bool = False
     ticks: bool = False
     events: tuple[str, ...] | None = None
@@ -87,9 +90,15 @@ def _start_client_endpoint(context: NodeContext) -> pykka.ActorRef:
 
 
 RAFT = SubsystemSpec(
-    "raft", _start_raft, prefixes=("raft", "kv"), batched=True, ticks=True, reads_sockets=True
+    "raft",
+    _start_raft,
+    prefixes=("raft",),
+    client_prefixes=("kv",),
+    batched=True,
+    ticks=True,
+    reads_sockets=True,
 )
 GOSSIP = SubsystemSpec("gossip", _start_gossip, prefixes=("swim",), ticks=True)
-CLIENT_ENDPOINT = SubsystemSpec("client", _start_client_endpoint, prefixes=("client",))
+CLIENT_ENDPOINT = SubsystemSpec("client", _start_client_endpoint, client_prefixes=("client",))
 
 DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (RAFT, GOSSIP, CLIENT_ENDPOINT)

@@ -62,6 +62,24 @@ READER_STANDIN_MS = 20  # an attached reader busy for longer: the I/O thread rea
 INBOUND_BACKLOG_FACTOR = 4
 INBOUND_BACKLOG_FLOOR = 16 * 1024 * 1024
 BACKLOG_CHECK_MS = 50
+# Drops of frames that no correct peer or client of this version sends: the connection that sent
+# one is cut, and what else it queued is dropped unread (a flood from one connection costs one
+# decode). An unknown kind from a peer is not among them: a newer peer may send one.
+_HOSTILE_DROPS = frozenset(
+    {
+        "oversized",
+        "malformed",
+        "foreign-cluster",
+        "unknown-sender",
+        "frame-count",
+        "raft-body",
+        "swim-body",
+        "batch-malformed",
+        "batch-item-malformed",
+        "batch-too-long",
+    }
+)
+MAX_REFUSED_CONNECTIONS = 4096  # routing ids remembered per router as cut (the oldest go first)
 # Bytes of a connection that no reader sees: ZMTP's greeting and handshake, then its heartbeats.
 _UNREAD_SLACK = 4096
 _UNREAD_SLACK_PER_S = 16
@@ -96,10 +114,18 @@ class ClientRoute(NamedTuple):
 
 
 class Inbound(NamedTuple):
-    """A decoded inbound message; `route` is set for client requests, None for peer messages."""
+    """A decoded inbound message; `route` is set for client requests, None for peer messages,
+    whose `connection` is the routing id they came from (for `count_body_drop`)."""
 
     envelope: Envelope
     route: ClientRoute | None = None
+    connection: bytes = b""
+
+    @property
+    def source(self) -> tuple[bool, bytes]:
+        """(came in on the client port, routing id) of the connection it came from."""
+        route = self.route
+        return (True, route.identity) if route is not None else (False, self.connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +261,8 @@ class Transport:
             ),
         )
         self._context = context or zmq.Context.instance()
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, Handler] = {}  # by kind prefix, for the peer port
+        self._client_handlers: dict[str, Handler] = {}  # ... and for the client port
         self._batched: set[Handler] = set()
         # (peer, kind, body) sent before the sockets were open; deque appends/pops are atomic.
         self._outbox: deque[tuple[str, str, Mapping[str, Any]]] = deque()
@@ -279,19 +306,29 @@ class Transport:
             INBOUND_BACKLOG_FLOOR, INBOUND_BACKLOG_FACTOR * self._settings.max_message_bytes
         )
         self._reads: list[dict[bytes, list[int]]] = [{}, {}]
+        # Per router: routing ids of connections cut for a hostile frame; True once shut down.
+        self._refused: list[dict[bytes, bool]] = [{}, {}]
         self._connections: list[dict[int, _Connection]] = [{}, {}]
         self.started_at = time.monotonic()
         self._startup_error: BaseException | None = None
 
     # ----- set-up -----------------------------------------------------------------------------
 
-    def register(self, kind_prefix: str, handler: Handler, batched: bool = False) -> None:
-        """Deliver every inbound kind `PREFIX.*` to `handler`. Register before `start()`.
+    def register(
+        self, kind_prefix: str, handler: Handler, batched: bool = False, *, port: str = "both"
+    ) -> None:
+        """Deliver every inbound kind `PREFIX.*` that arrives on `port` ("peer", "client" or
+        "both") to `handler`. Register before `start()`.
 
         With `batched`, the handler gets an `InboundBatch` of what one drain of the sockets read
         (prefixes registered with the same handler share a batch); otherwise one `Inbound` each.
         """
-        self._handlers[kind_prefix] = handler
+        if port not in ("peer", "client", "both"):
+            raise ValueError(f"port must be peer, client or both, not {port!r}")
+        if port != "client":
+            self._handlers[kind_prefix] = handler
+        if port != "peer":
+            self._client_handlers[kind_prefix] = handler
         if batched:
             self._batched.add(handler)
 
@@ -483,11 +520,18 @@ class Transport:
         with self._lock:
             return {peer: dict(counts) for peer, counts in self._peer_drops.items() if counts}
 
-    def count_body_drop(self, reason: str, peer: str | None, detail: str = "") -> None:
+    def count_body_drop(
+        self,
+        reason: str,
+        peer: str | None,
+        detail: str = "",
+        source: tuple[bool, bytes] | None = None,
+    ) -> None:
         """An actor refused the body of a frame this transport delivered (`reason` names the
         actor's decoder, e.g. "raft-body"); `peer` is the envelope's sender for a peer frame,
-        None for a client's. Counted and logged like the transport's own drops."""
-        self._count_drop(reason, peer=peer, detail=detail)
+        None for a client's; `source` is the inbound's (`Inbound.source`), whose connection is
+        cut for it. Counted and logged like the transport's own drops."""
+        self._count_drop(reason, peer=peer, detail=detail, source=source)
 
     # ----- the I/O thread ---------------------------------------------------------------------
 
@@ -732,11 +776,39 @@ class Transport:
                     reads[identity] = [_source_fd(frame), wire]
                 else:
                     taken[1] += wire
-            if extra_frames:
-                self._count_drop("frame-count")
+            refused = self._refused[index]
+            if identity in refused:
+                if not refused[identity]:  # shut it down from here: its descriptor is at hand
+                    refused[identity] = self._cut_source(index, frame)
+                self._count_drop("cut-connection")
                 continue
-            self._on_frame(identity, frame.bytes, from_client, batches)
+            if extra_frames:
+                self._count_drop("frame-count", source=(from_client, identity))
+            else:
+                self._on_frame(identity, frame.bytes, from_client, batches)
+            if identity in refused:  # this frame was hostile: cut its connection now
+                refused[identity] = self._cut_source(index, frame)
         return True
+
+    def _refuse(self, from_client: bool, identity: bytes) -> None:
+        """Cut the connection of `identity` (on the reader's next frame from it) and drop what it
+        sends from now on."""
+        refused = self._refused[int(from_client)]
+        if identity not in refused:
+            if len(refused) >= MAX_REFUSED_CONNECTIONS:
+                del refused[next(iter(refused))]
+            refused[identity] = False
+
+    def _cut_source(self, index: int, frame: zmq.Frame) -> bool:
+        """Shut down the connection `frame` came in on; True when that was done."""
+        fd = _source_fd(frame)
+        connection = self._connections[index].get(fd)
+        if connection is None:  # its monitor's news is not in yet: the frame just came from it
+            peer = _peer_name(fd)
+            return peer is not None and _cut(fd, peer)
+        if not connection.cut:
+            connection.cut = _cut(fd, connection.peer)
+        return connection.cut
 
     def _drain_and_deliver(self, router: zmq.Socket, *, from_client: bool) -> bool:
         batches: dict[Handler, list[Inbound]] = {}
@@ -758,17 +830,29 @@ class Transport:
     ) -> None:
         if len(frame) > self._settings.max_message_bytes:
             peer_id = self._connection_peer(identity, from_client)
-            self._count_drop("oversized", peer=peer_id, detail=f"{len(frame)} bytes")
+            self._count_drop(
+                "oversized",
+                peer=peer_id,
+                detail=f"{len(frame)} bytes",
+                source=(from_client, identity),
+            )
             return
         try:
             envelope = decode_envelope(frame, self._settings.max_message_bytes)
         except WireError as error:  # its text is bounded: no value of the frame in it
             peer_id = self._connection_peer(identity, from_client)
-            self._count_drop("malformed", peer=peer_id, detail=str(error))
+            self._count_drop(
+                "malformed", peer=peer_id, detail=str(error), source=(from_client, identity)
+            )
             return
         if envelope.cluster != self.codec.cluster:
             peer_id = self._connection_peer(identity, from_client)
-            self._count_drop("foreign-cluster", peer=peer_id, detail=f"{envelope.cluster!r}")
+            self._count_drop(
+                "foreign-cluster",
+                peer=peer_id,
+                detail=f"{envelope.cluster!r}",
+                source=(from_client, identity),
+            )
             return
         if from_client:
             if envelope.kind == BATCH_KIND:
@@ -780,14 +864,19 @@ class Transport:
         peer = self._peers.get(envelope.sender)
         if peer is None:
             peer_id = self._connection_peer(identity, from_client)
-            self._count_drop("unknown-sender", peer=peer_id, detail=f"{envelope.sender!r}")
+            self._count_drop(
+                "unknown-sender",
+                peer=peer_id,
+                detail=f"{envelope.sender!r}",
+                source=(from_client, identity),
+            )
             return
         stats = peer.stats  # per-message counters: see PeerStats
         peer.last_heard = self._woken_at
         stats.msgs_in += 1
         stats.bytes_in += len(frame)
         if envelope.kind != HEARTBEAT_KIND:
-            self._dispatch(Inbound(envelope), batches)
+            self._dispatch(Inbound(envelope, None, identity), batches)
 
     def _dispatch_batch(
         self, identity: bytes, batch: Envelope, batches: dict[Handler, list[Inbound]]
@@ -795,17 +884,21 @@ class Transport:
         """Each well-formed request of a client's batch frame, as if it had come alone."""
         requests, dropped = unpack_batch(batch)
         for reason, count in dropped.items():
-            self._count_drop(reason, count)  # a client's: by reason only
+            self._count_drop(reason, count, source=(True, identity))  # a client's: by reason
         for request in requests:
             route = ClientRoute(identity, request.request_id, batched=True)
             self._dispatch(Inbound(request, route), batches)
 
     def _dispatch(self, inbound: Inbound, batches: dict[Handler, list[Inbound]]) -> None:
         kind = inbound.envelope.kind
-        handler = self._handlers.get(kind.partition(".")[0])
+        route = inbound.route
+        handlers = self._handlers if route is None else self._client_handlers
+        handler = handlers.get(kind.partition(".")[0])
         if handler is None:
-            peer_id = inbound.envelope.sender if inbound.route is None else None  # a known peer
-            self._count_drop("unknown-kind", peer=peer_id, detail=f"{kind!r}")
+            if route is None:  # a known peer's: maybe of a newer version
+                self._count_drop("unknown-kind", peer=inbound.envelope.sender, detail=f"{kind!r}")
+            else:  # no client of this version sends it
+                self._count_drop("unknown-kind", detail=f"{kind!r}", source=inbound.source)
         elif handler in self._batched:
             batches.setdefault(handler, []).append(inbound)
         else:
@@ -821,10 +914,20 @@ class Transport:
             self._count_drop("handler-error")
 
     def _count_drop(
-        self, reason: str, count: int = 1, *, peer: str | None = None, detail: str = ""
+        self,
+        reason: str,
+        count: int = 1,
+        *,
+        peer: str | None = None,
+        detail: str = "",
+        source: tuple[bool, bytes] | None = None,
     ) -> None:
         """Count a drop by reason, and by `peer` when that is a known peer; an inbound one also
-        goes to the rate-limited drop log. `detail` must be bounded (no value of a frame)."""
+        goes to the rate-limited drop log. `detail` must be bounded (no value of a frame). A
+        frame from `source` (client port?, routing id) that no correct sender sends gets its
+        connection cut (`_HOSTILE_DROPS`; an unknown kind only from a client)."""
+        if source is not None and (reason in _HOSTILE_DROPS or reason == "unknown-kind"):
+            self._refuse(*source)
         with self._lock:
             self.dropped[reason] += count
             per_peer = self._peer_drops.get(peer) if peer is not None else None

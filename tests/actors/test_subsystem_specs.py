@@ -43,7 +43,9 @@ class ToyActor(pykka.ThreadingActor):
             self.events.append(message.kind)
 
 
-TOY = SubsystemSpec("toy", ToyActor.start, prefixes=("toy",), ticks=True, events=("leader.",))
+TOY = SubsystemSpec(
+    "toy", ToyActor.start, client_prefixes=("toy",), ticks=True, events=("leader.",)
+)
 
 
 @pytest.fixture

@@ -131,13 +131,14 @@ GARBAGE_FRAMES = {
 def test_garbage_from_zeromq_is_dropped_and_counted(pair, endpoint):
     config, transports, inboxes = pair
     target = transports["n2"]
-    sock = raw_dealer(getattr(config.node("n2"), endpoint))
     before = sum(target.drop_counts().values())
     expected = len(GARBAGE_FRAMES)
     if endpoint == "client_address":
         expected -= 1  # a client request may name any sender: "unknown sender" is a peer rule
-    for frames in GARBAGE_FRAMES.values():
-        sock.send_multipart(frames)
+    sockets = []
+    for frames in GARBAGE_FRAMES.values():  # each on a connection of its own: see the next test
+        sockets.append(raw_dealer(getattr(config.node("n2"), endpoint)))
+        sockets[-1].send_multipart(frames)
     wait_until(
         lambda: sum(target.drop_counts().values()) - before >= expected,
         10,
@@ -146,8 +147,46 @@ def test_garbage_from_zeromq_is_dropped_and_counted(pair, endpoint):
     counts = target.drop_counts()
     assert counts["oversized"] >= 1 and counts["foreign-cluster"] >= 1
     assert counts["unknown-kind"] >= 1 and counts["frame-count"] >= 1
-    sock.close()
+    assert counts.get("cut-connection", 0) == 0
+    for sock in sockets:
+        sock.close()
     assert_still_serving(transports, inboxes)
+
+
+@pytest.mark.parametrize("endpoint", ["address", "client_address"])
+def test_a_connection_that_sends_a_hostile_frame_is_cut_and_the_rest_dropped_unread(
+    pair, endpoint
+):
+    config, transports, inboxes = pair
+    target = transports["n2"]
+    closed = target.closed_connections
+    sock = raw_dealer(getattr(config.node("n2"), endpoint))
+    sock.send(envelope(cluster="other"))  # no correct peer or client sends that
+    for _ in range(100):
+        sock.send(envelope(kind="test.ping"))  # well formed, but from the same connection
+    wait_until(lambda: target.closed_connections > closed, 10, "the connection cut")
+    wait_until(
+        lambda: target.drop_counts().get("foreign-cluster", 0) == 1
+        and target.drop_counts().get("cut-connection", 0) >= 1,
+        10,
+        f"the rest dropped unread, got {target.drop_counts()}",
+    )
+    delivered = [inboxes["n2"].get_nowait() for _ in range(inboxes["n2"].qsize())]
+    assert not [m for m in delivered if m.envelope.kind == "test.ping"]
+    sock.close()
+    assert_still_serving(transports, inboxes)  # the peers' own links are untouched
+
+
+def test_a_peer_kind_on_the_client_port_cuts_the_connection(pair):
+    config, transports, inboxes = pair
+    target = transports["n2"]
+    target.register("peeronly", inboxes["n2"].put, port="peer")
+    closed = target.closed_connections
+    sock = raw_dealer(config.node("n2").client_address)
+    sock.send(envelope(kind="peeronly.x", sender="client-1"))
+    wait_until(lambda: target.closed_connections > closed, 10, "the connection cut")
+    assert target.drop_counts()["unknown-kind"] >= 1
+    sock.close()
 
 
 def test_a_frame_beyond_the_socket_limit_closes_only_that_connection(pair):
