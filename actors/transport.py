@@ -76,6 +76,7 @@ _HOSTILE_DROPS = frozenset(
         "swim-body",
         "batch-malformed",
         "batch-item-malformed",
+        "batch-nested",
         "batch-too-long",
     }
 )
@@ -92,7 +93,13 @@ _POLLIN = int(zmq.POLLIN)
 # Drops that are no bad inbound frame (a client gone, the node stopping) or that have a line of
 # their own: counted, but not given a line by the drop log.
 _UNLOGGED_DROPS = frozenset(
-    {"reply-undeliverable", "reply-unencodable", "receiver-stopped", "handler-error"}
+    {
+        "reply-undeliverable",
+        "reply-unencodable",
+        "receiver-stopped",
+        "handler-error",
+        "cut-connection",  # the frame that got the connection cut had its line
+    }
 )
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -792,7 +799,7 @@ class Transport:
 
     def _refuse(self, from_client: bool, identity: bytes) -> None:
         """Cut the connection of `identity` (on the reader's next frame from it) and drop what it
-        sends from now on."""
+        sends from now on. Under `_lock`: actors' threads refuse too (`count_body_drop`)."""
         refused = self._refused[int(from_client)]
         if identity not in refused:
             if len(refused) >= MAX_REFUSED_CONNECTIONS:
@@ -802,6 +809,8 @@ class Transport:
     def _cut_source(self, index: int, frame: zmq.Frame) -> bool:
         """Shut down the connection `frame` came in on; True when that was done."""
         fd = _source_fd(frame)
+        if fd < 0:  # libzmq does not say (a ZMTP 1.0 peer): the connection cannot be cut
+            return True  # (and its frames are still dropped unread)
         connection = self._connections[index].get(fd)
         if connection is None:  # its monitor's news is not in yet: the frame just came from it
             peer = _peer_name(fd)
@@ -926,9 +935,9 @@ class Transport:
         goes to the rate-limited drop log. `detail` must be bounded (no value of a frame). A
         frame from `source` (client port?, routing id) that no correct sender sends gets its
         connection cut (`_HOSTILE_DROPS`; an unknown kind only from a client)."""
-        if source is not None and (reason in _HOSTILE_DROPS or reason == "unknown-kind"):
-            self._refuse(*source)
         with self._lock:
+            if source is not None and (reason in _HOSTILE_DROPS or reason == "unknown-kind"):
+                self._refuse(*source)
             self.dropped[reason] += count
             per_peer = self._peer_drops.get(peer) if peer is not None else None
             if per_peer is not None:
@@ -1030,7 +1039,7 @@ def _peer_name(fd: int) -> Any:
     """The remote address of a socket libzmq owns, or None (closed, or no connected socket)."""
     try:
         sock = socket.socket(fileno=fd)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a negative descriptor (-1: unknown)
         return None
     try:
         return sock.getpeername()
@@ -1044,7 +1053,7 @@ def _tcp_bytes_received(fd: int, peer: Any) -> int | None:
     """The bytes the kernel received on a connection libzmq owns (None: it is not `peer`'s)."""
     try:
         sock = socket.socket(fileno=fd)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a negative descriptor (-1: unknown)
         return None
     try:
         if sock.getpeername() != peer:
@@ -1062,7 +1071,7 @@ def _cut(fd: int, peer: Any) -> bool:
     closes it."""
     try:
         sock = socket.socket(fileno=fd)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a negative descriptor (-1: unknown)
         return False
     try:
         if sock.getpeername() != peer:

@@ -154,9 +154,7 @@ def test_garbage_from_zeromq_is_dropped_and_counted(pair, endpoint):
 
 
 @pytest.mark.parametrize("endpoint", ["address", "client_address"])
-def test_a_connection_that_sends_a_hostile_frame_is_cut_and_the_rest_dropped_unread(
-    pair, endpoint
-):
+def test_a_connection_that_sends_a_hostile_frame_is_cut_and_the_rest_dropped_unread(pair, endpoint):
     config, transports, inboxes = pair
     target = transports["n2"]
     closed = target.closed_connections
@@ -166,8 +164,10 @@ def test_a_connection_that_sends_a_hostile_frame_is_cut_and_the_rest_dropped_unr
         sock.send(envelope(kind="test.ping"))  # well formed, but from the same connection
     wait_until(lambda: target.closed_connections > closed, 10, "the connection cut")
     wait_until(
-        lambda: target.drop_counts().get("foreign-cluster", 0) == 1
-        and target.drop_counts().get("cut-connection", 0) >= 1,
+        lambda: (
+            target.drop_counts().get("foreign-cluster", 0) == 1
+            and target.drop_counts().get("cut-connection", 0) >= 1
+        ),
         10,
         f"the rest dropped unread, got {target.drop_counts()}",
     )
