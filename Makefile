@@ -22,11 +22,13 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests collected" >&2; exit 1; fi; exit $$status
 
-# A fuzz run against a live 3-node cluster (tests/fuzz/run.py): `make fuzz SEED=7 DURATION=600`.
+# A fuzz run against a live 3-node cluster (tests/fuzz/run.py): `make fuzz SEED=7 DURATION=600`;
+# ONLY=raw_flooder,frames runs some attackers only (names in tests/fuzz/attack.py).
 SEED ?= 1
 DURATION ?= 300
+ONLY ?=
 fuzz: $(STAMP)
-	$(VENV)/bin/python -m tests.fuzz.run --seed $(SEED) --duration $(DURATION)
+	$(VENV)/bin/python -m tests.fuzz.run --seed $(SEED) --duration $(DURATION) $(if $(ONLY),--only $(ONLY))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check caddy actors bin tests bench

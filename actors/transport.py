@@ -761,42 +761,49 @@ class Transport:
         """
         lock = self._client_lock if from_client else self._peer_router_lock
         index = int(from_client)
-        for _ in range(DRAIN_BATCH):
-            with lock:
-                if not self._routers_open:  # closed by stop(): an attached reader finds nothing
-                    return False
-                if from_client:
-                    self._client_sent = False  # the failed receive covers earlier sends
-                try:
-                    identity = router.recv(_NOBLOCK)  # a ROUTER's first frame: the sender
-                except zmq.Again:
-                    return False
-                frame = router.recv(_NOBLOCK, copy=False)  # a Frame tells `more` cheaply
-                size = len(frame)
-                wire = size + (2 if size < 256 else 9)  # the bytes it took on the wire (ZMTP)
-                extra_frames = frame.more
-                while frame.more:
-                    frame = router.recv(_NOBLOCK, copy=False)
+        refused = self._refused[index]
+        cut = 0  # frames of cut connections, dropped unread: counted once a drain
+        try:
+            for _ in range(DRAIN_BATCH):
+                with lock:
+                    if not self._routers_open:  # closed by stop(): an attached reader finds nothing
+                        return False
+                    if from_client:
+                        self._client_sent = False  # the failed receive covers earlier sends
+                    try:
+                        identity = router.recv(_NOBLOCK)  # a ROUTER's first frame: the sender
+                    except zmq.Again:
+                        return False
+                    frame = router.recv(_NOBLOCK, copy=False)  # a Frame tells `more` cheaply
+                    extra_frames = frame.more
+                    if identity in refused:
+                        while frame.more:
+                            frame = router.recv(_NOBLOCK, copy=False)
+                        cut += 1
+                        if not refused[identity]:  # shut it down from here: its fd is at hand
+                            refused[identity] = self._cut_source(index, frame)
+                        continue
                     size = len(frame)
-                    wire += size + (2 if size < 256 else 9)
-                reads = self._reads[index]  # for the backlog check
-                if (taken := reads.get(identity)) is None:
-                    reads[identity] = [_source_fd(frame), wire]
+                    wire = size + (2 if size < 256 else 9)  # the bytes it took on the wire (ZMTP)
+                    while frame.more:
+                        frame = router.recv(_NOBLOCK, copy=False)
+                        size = len(frame)
+                        wire += size + (2 if size < 256 else 9)
+                    reads = self._reads[index]  # for the backlog check
+                    if (taken := reads.get(identity)) is None:
+                        reads[identity] = [_source_fd(frame), wire]
+                    else:
+                        taken[1] += wire
+                if extra_frames:
+                    self._count_drop("frame-count", source=(from_client, identity))
                 else:
-                    taken[1] += wire
-            refused = self._refused[index]
-            if identity in refused:
-                if not refused[identity]:  # shut it down from here: its descriptor is at hand
+                    self._on_frame(identity, frame.bytes, from_client, batches)
+                if identity in refused:  # this frame was hostile: cut its connection now
                     refused[identity] = self._cut_source(index, frame)
-                self._count_drop("cut-connection")
-                continue
-            if extra_frames:
-                self._count_drop("frame-count", source=(from_client, identity))
-            else:
-                self._on_frame(identity, frame.bytes, from_client, batches)
-            if identity in refused:  # this frame was hostile: cut its connection now
-                refused[identity] = self._cut_source(index, frame)
-        return True
+            return True
+        finally:
+            if cut:
+                self._count_drop("cut-connection", cut)
 
     def _refuse(self, from_client: bool, identity: bytes) -> None:
         """Cut the connection of `identity` (on the reader's next frame from it) and drop what it

@@ -3,7 +3,8 @@
 port of every node, until the deadline. The frames sent last are written to a file, for a
 reproducer (`python -m tests.fuzz.run --replay FILE`).
 
-`python -m tests.fuzz.attack TOPOLOGY SEED SECONDS RECORD_FILE`
+`python -m tests.fuzz.attack TOPOLOGY SEED SECONDS RECORD_FILE [ATTACKER,...]`
+(attackers by name: `ATTACKERS`' names and "frames"; all of them when none are named)
 """
 
 from __future__ import annotations
@@ -83,8 +84,23 @@ def frame_sender(targets, config, deadline, rnd: random.Random, recorder: Record
     context.term()
 
 
+ATTACKERS = {
+    attacker.__name__: attacker
+    for attacker in (
+        connections.raw_flooder,
+        connections.socket_type_attacker,
+        connections.raw_garbage,
+        connections.connection_churn,
+        connections.half_open,
+        connections.slow_handshake,
+    )
+}
+FRAMES = "frames"  # the fuzz frame senders
+
+
 def main(argv: list[str]) -> int:
     topology, seed, seconds, record_file = argv[0], int(argv[1]), float(argv[2]), argv[3]
+    chosen = argv[4].split(",") if len(argv) > 4 else [*ATTACKERS, FRAMES]
     config = load_topology(topology)
     targets = [
         (node.id, kind, port_of(address))
@@ -94,26 +110,19 @@ def main(argv: list[str]) -> int:
     ports = tuple(port for _, _, port in targets)
     deadline = time.monotonic() + seconds
     recorder = Recorder()
-    attackers = [
-        connections.raw_flooder,
-        connections.socket_type_attacker,
-        connections.raw_garbage,
-        connections.connection_churn,
-        connections.half_open,
-        connections.slow_handshake,
-    ]
     threads = [
         threading.Thread(
             target=attacker, args=(ports, deadline, random.Random(f"{seed}-{n}")), daemon=True
         )
-        for n, attacker in enumerate(attackers)
+        for n, (name, attacker) in enumerate(ATTACKERS.items())
+        if name in chosen
     ] + [
         threading.Thread(
             target=frame_sender,
             args=(targets, config, deadline, random.Random(f"{seed}-frames-{n}"), recorder),
             daemon=True,
         )
-        for n in range(SENDERS)
+        for n in range(SENDERS if FRAMES in chosen else 0)
     ]
     for thread in threads:
         thread.start()
