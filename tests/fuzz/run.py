@@ -41,9 +41,16 @@ LIMIT = 1024 * 1024  # transport.max_message_bytes of the run's topology
 RSS_LIMIT_MB = 256  # per node, peak; see the README ("Connection abuse") for what was measured
 # The attacker stands for other machines on the network: it runs at the lowest CPU priority, so
 # that the cores it shares with the nodes here are theirs first. At the same priority it takes
-# most of a 2-core machine's CPU and the nodes' heartbeats wait for the scheduler (1 to 7
-# elections in 30 s runs; none at nice 19).
+# most of a 2-core machine's CPU (1 to 7 elections in 30 s runs). Even at nice 19 the kernel's
+# work for its floods stalls any process of the machine now and then (`stall_probe`: up to
+# 215 ms), longer than the default election timeout's 150 ms: the run's cluster has etcd's
+# default timings (heartbeat 100 ms, election timeout 1 s), as a cluster on a busy machine would.
 ATTACKER_NICE = ("nice", "-n", "19")
+FUZZ_RAFT_TIMINGS = {
+    "heartbeat_ms": 100,
+    "election_timeout_min_ms": 1000,
+    "election_timeout_max_ms": 2000,
+}
 WINDOW_S = 5.0  # writes must commit in every window this long
 SAMPLE_S = 0.2
 
@@ -59,6 +66,7 @@ class FuzzReport:
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     sent: dict[str, int] = field(default_factory=dict)
     terms: list[tuple[float, str, int, str]] = field(default_factory=list)  # (s, node, term, state)
+    stalls: dict[str, object] = field(default_factory=dict)  # what stall_probe saw
     record: Path | None = None
 
     def summary(self) -> dict[str, object]:
@@ -73,6 +81,7 @@ class FuzzReport:
             "frames_sent": sum(self.sent.values()),
             "dropped": self.dropped,
             "term_changes": self.terms,
+            "machine_stalls": self.stalls,
         }
 
     def reproducer(self) -> str:
@@ -110,7 +119,7 @@ def fuzz_topology(folder: Path) -> Path:
         folder,
         len(NODES),
         transport={"max_message_bytes": LIMIT},
-        raft={"max_append_bytes": LIMIT // 2},
+        raft={"max_append_bytes": LIMIT // 2, **FUZZ_RAFT_TIMINGS},
         replication={"snapshot_chunk_bytes": LIMIT // 2},
     )
 
@@ -118,7 +127,7 @@ def fuzz_topology(folder: Path) -> Path:
 def run(seed: int, duration: float, folder: Path, only: str | None = None) -> FuzzReport:
     report = FuzzReport(seed, duration, only)
     cluster = LocalCluster(fuzz_topology(folder), NodeProcesses())
-    attacker = None
+    attacker = probe = None
     try:
         cluster.start(*NODES)
         with Client(cluster.topology, timeout=20) as client:
@@ -138,6 +147,12 @@ def run(seed: int, duration: float, folder: Path, only: str | None = None) -> Fu
                 stdout=subprocess.PIPE,
                 text=True,
             )
+            probe = subprocess.Popen(
+                [sys.executable, "-m", "tests.fuzz.stall_probe", str(duration + 30)],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             started = time.monotonic()
             peak = {node: 0 for node in NODES}
             seen = dict(terms)
@@ -147,6 +162,8 @@ def run(seed: int, duration: float, folder: Path, only: str | None = None) -> Fu
                 _note_terms(report, client, seen, time.monotonic() - started)
                 time.sleep(SAMPLE_S)
             ended = time.monotonic()
+            probe.terminate()
+            report.stalls = json.loads(probe.communicate(timeout=10)[0] or "{}")
             out = attacker.stdout.read() if attacker.stdout else ""
             report.sent = json.loads(out.splitlines()[-1])["sent"] if out.strip() else {}
             report.record = record if record.exists() else None
@@ -157,9 +174,10 @@ def run(seed: int, duration: float, folder: Path, only: str | None = None) -> Fu
     except CaddyError as error:
         report.problems.append(f"the run itself failed: {error!r}")
     finally:
-        if attacker is not None and attacker.poll() is None:
-            attacker.kill()
-            attacker.wait()
+        for helper in (attacker, probe):
+            if helper is not None and helper.poll() is None:
+                helper.kill()
+                helper.wait()
         cluster.cleanup()
     return report
 
