@@ -1,0 +1,236 @@
+"""Quorum math and this node's view of it: who votes, who can be reached, whether the reachable
+nodes can make progress, and the transitions a node reports (quorum lost and regained, partition
+detected and healed). Pure: the FencingActor feeds it Raft contacts, gossip states and the clock.
+
+Roles (`caddy.raft.types.Membership`): data voters vote, lead and serve; witnesses vote and keep
+the log but never lead or serve; learners do not vote. So progress needs a majority of the
+voting members (voters and witnesses) *and* a data voter among them, for a witness cannot lead
+(TiKV's witness design: a witness counts for the quorum only beside a data voter).
+
+During a membership change a node may be unsure which configuration is in force (the one the log
+committed or the one it appended after it, Raft dissertation 4.1): `QuorumRule` takes every
+configuration that may be and asks for a majority in each, as joint consensus does (4.3).
+
+Reachability: a peer is reachable when Raft heard from it within the window (a leader hears its
+followers, a follower its leader: direct, two-way contact) or gossip holds it alive; a suspect,
+dead or departed member with no fresh Raft contact is not. Raft evidence wins over gossip: a
+member gossip calls dead that acknowledged us a moment ago is reachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from caddy.raft.types import Membership
+
+
+@dataclass(frozen=True, slots=True)
+class VotingConfig:
+    """One configuration's members by role."""
+
+    voters: frozenset[str]
+    witnesses: frozenset[str] = frozenset()
+    learners: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, membership: Membership) -> VotingConfig:
+        return cls(membership.voters, membership.witnesses, membership.learners)
+
+    @property
+    def voting(self) -> frozenset[str]:
+        return self.voters | self.witnesses
+
+    @property
+    def needed(self) -> int:
+        """Votes that make a majority (0 for a configuration with no voting member)."""
+        return len(self.voting) // 2 + 1 if self.voting else 0
+
+    @property
+    def tolerated_failures(self) -> int:
+        """Members that may fail, any of them, with the rest still able to make progress: a
+        majority must stay and a data voter must be among it."""
+        if not self.voters:
+            return 0
+        return max(0, min(len(self.voting) - self.needed, len(self.voters) - 1))
+
+    def can_progress(self, reachable: Iterable[str]) -> bool:
+        """A majority of the voting members, a data voter among them, is in `reachable`."""
+        present = self.voting.intersection(reachable)
+        return bool(self.voters & present) and len(present) >= self.needed > 0
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumRule:
+    """The configurations that may be in force; progress needs each of them."""
+
+    configs: tuple[VotingConfig, ...]
+
+    @classmethod
+    def of(cls, *memberships: Membership) -> QuorumRule:
+        unique = dict.fromkeys(VotingConfig.of(m) for m in memberships)  # ordered, no repeats
+        return cls(tuple(unique))
+
+    @property
+    def voters(self) -> frozenset[str]:
+        return frozenset().union(*(c.voters for c in self.configs))
+
+    @property
+    def witnesses(self) -> frozenset[str]:
+        return frozenset().union(*(c.witnesses for c in self.configs))
+
+    @property
+    def members(self) -> frozenset[str]:
+        return frozenset().union(*(c.voting | c.learners for c in self.configs))
+
+    @property
+    def needed(self) -> int:
+        """Votes needed in the strictest configuration."""
+        return max((c.needed for c in self.configs), default=0)
+
+    @property
+    def tolerated_failures(self) -> int:
+        return min((c.tolerated_failures for c in self.configs), default=0)
+
+    def can_progress(self, reachable: Iterable[str]) -> bool:
+        present = frozenset(reachable)
+        return bool(self.configs) and all(c.can_progress(present) for c in self.configs)
+
+
+_UNREACHABLE_GOSSIP = frozenset({"suspect", "dead", "left"})
+
+
+@dataclass
+class Reachability:
+    """Which members this node can reach: fresh Raft contact, or alive in gossip."""
+
+    node_id: str
+    raft_window_s: float  # Raft contact older than this is stale (an election timeout)
+    _raft_heard: dict[str, float] = field(default_factory=dict)
+    _gossip: dict[str, str] = field(default_factory=dict)
+
+    def heard_by_raft(self, peer: str, now: float) -> None:
+        self._raft_heard[peer] = now
+
+    def gossip_state(self, peer: str, state: str) -> None:
+        """`state`: alive, suspect, dead or left (`caddy.swim.MemberState` values)."""
+        self._gossip[peer] = state
+
+    def reachable(self, members: Iterable[str], now: float) -> frozenset[str]:
+        """The members of `members` reachable at `now`; this node always is."""
+        horizon = now - self.raft_window_s
+        found = set()
+        for member in members:
+            heard = self._raft_heard.get(member)
+            gossip = self._gossip.get(member)
+            if (
+                member == self.node_id
+                or (heard is not None and heard >= horizon)
+                or (gossip is not None and gossip not in _UNREACHABLE_GOSSIP)
+            ):
+                found.add(member)
+        return frozenset(found)
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumState:
+    """The `quorum` status section's content (CONTRACT 5); `since` is when `has_quorum` last
+    changed, on the caller's clock."""
+
+    has_quorum: bool
+    voters: tuple[str, ...]
+    witnesses: tuple[str, ...]
+    reachable: tuple[str, ...]
+    needed: int
+    since: float
+
+    def to_status(self) -> dict[str, object]:
+        return {
+            "has_quorum": self.has_quorum,
+            "voters": list(self.voters),
+            "witnesses": list(self.witnesses),
+            "reachable": list(self.reachable),
+            "needed": self.needed,
+            "since": self.since,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumLost:
+    reachable: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumRegained:
+    reachable: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionDetected:
+    """Members of the rule this node cannot reach (`theirs`) and those it can (`ours`), as this
+    node sees them; told again when the sides change."""
+
+    ours: tuple[str, ...]
+    theirs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionHealed:
+    members: tuple[str, ...]
+
+
+Transition = QuorumLost | QuorumRegained | PartitionDetected | PartitionHealed
+
+
+class QuorumTracker:
+    """This node's quorum state over time: `update` with what is reachable now, get the
+    transitions since the last update. Starts as having quorum with every member reachable (a
+    node starts believing its topology), so the first update reports what is really missing."""
+
+    def __init__(self, rule: QuorumRule, now: float) -> None:
+        self.rule = rule
+        self.state = _state(rule, True, tuple(sorted(rule.members)), now)
+        self._theirs: tuple[str, ...] = ()
+
+    def reconfigure(
+        self, rule: QuorumRule, reachable: Iterable[str], now: float
+    ) -> list[Transition]:
+        """The configuration changed: judge the same reachability against the new rule."""
+        self.rule = rule
+        return self.update(reachable, now)
+
+    def update(self, reachable: Iterable[str], now: float) -> list[Transition]:
+        rule = self.rule
+        members = rule.members
+        present = frozenset(reachable) & members
+        ours = tuple(sorted(present))
+        has_quorum = rule.can_progress(present)
+        old = self.state
+        since = old.since if has_quorum == old.has_quorum else now
+        self.state = _state(rule, has_quorum, ours, since)
+        transitions: list[Transition] = []
+        if old.has_quorum and not has_quorum:
+            transitions.append(QuorumLost(ours))
+        elif has_quorum and not old.has_quorum:
+            transitions.append(QuorumRegained(ours))
+        theirs = tuple(sorted(members - present))
+        if theirs != self._theirs:
+            if theirs:
+                transitions.append(PartitionDetected(ours, theirs))
+            else:
+                transitions.append(PartitionHealed(ours))
+            self._theirs = theirs
+        return transitions
+
+
+def _state(
+    rule: QuorumRule, has_quorum: bool, reachable: tuple[str, ...], since: float
+) -> QuorumState:
+    return QuorumState(
+        has_quorum,
+        tuple(sorted(rule.voters)),
+        tuple(sorted(rule.witnesses)),
+        reachable,
+        rule.needed,
+        since,
+    )
