@@ -14,6 +14,8 @@ import pykka
 
 from actors.client_endpoint import ClientEndpointActor
 from actors.events import EventBus
+from actors.fencing_actor import EVENTS_TOLD as FENCING_EVENTS
+from actors.fencing_actor import FencingActor
 from actors.gossip_actor import GossipActor
 from actors.raft_actor import RaftActor
 from actors.status_board import StatusBoard
@@ -85,6 +87,12 @@ def _start_gossip(context: NodeContext) -> pykka.ActorRef:
     )
 
 
+def _start_fencing(context: NodeContext) -> pykka.ActorRef:
+    return FencingActor.start(
+        context.config, context.node_id, context.transport, context.board, context.events
+    )
+
+
 def _start_client_endpoint(context: NodeContext) -> pykka.ActorRef:
     return ClientEndpointActor.start(context.transport, context.status, context.members)
 
@@ -99,6 +107,7 @@ RAFT = SubsystemSpec(
     reads_sockets=True,
 )
 GOSSIP = SubsystemSpec("gossip", _start_gossip, prefixes=("swim",), ticks=True)
+FENCING = SubsystemSpec("fencing", _start_fencing, ticks=True, events=FENCING_EVENTS)
 CLIENT_ENDPOINT = SubsystemSpec("client", _start_client_endpoint, client_prefixes=("client",))
 
-DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (RAFT, GOSSIP, CLIENT_ENDPOINT)
+DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (RAFT, GOSSIP, FENCING, CLIENT_ENDPOINT)

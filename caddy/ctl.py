@@ -27,6 +27,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="one row per node")
     status.add_argument("node", nargs="?", type=non_empty_text, metavar="NODE", help="this node")
     commands.add_parser("members", help="the gossip view of the membership")
+    commands.add_parser("quorum", help="per node: whether it can reach a quorum, and whom")
     put = commands.add_parser("put", help="store VALUE (a string) under KEY")
     put.add_argument("key", type=non_empty_text, metavar="KEY")
     put.add_argument("value", type=text_value, metavar="VALUE")
@@ -267,6 +269,42 @@ def _status_row(node_id: str, status: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _quorum(client: Client, args: argparse.Namespace) -> int:
+    """Each node's `quorum` section (CONTRACT 5); a node that did not answer is null (JSON) or
+    unreachable."""
+    views = {
+        node_id: None if status is None else status.get("quorum", {})  # {}: an older node
+        for node_id, status in client.statuses().items()
+    }
+    if args.json:
+        print(json.dumps(views, indent=2, sort_keys=True))
+    else:
+        rows = [_quorum_row(node_id, view) for node_id, view in views.items()]
+        print(
+            _table(
+                ["id", "has_quorum", "reachable", "needed", "voters", "witnesses", "since"], rows
+            )
+        )
+    return EXIT_OK if any(v is not None for v in views.values()) else EXIT_FAILURE
+
+
+def _quorum_row(node_id: str, view: dict[str, Any] | None) -> list[str]:
+    if view is None:
+        return [node_id, "unreachable", "-", "-", "-", "-", "-"]
+    if not view:
+        return [node_id, "-", "-", "-", "-", "-", "-"]
+    since = time.strftime("%H:%M:%S", time.localtime(view["since"]))
+    return [
+        node_id,
+        "yes" if view["has_quorum"] else "NO",
+        ",".join(view["reachable"]) or "-",
+        str(view["needed"]),
+        ",".join(view["voters"]) or "-",
+        ",".join(view["witnesses"]) or "-",
+        since,
+    ]
+
+
 def _members(client: Client, args: argparse.Namespace) -> int:
     members = client.members()
     if args.json:
@@ -333,6 +371,7 @@ def _say(args: argparse.Namespace, document: dict[str, Any], text: str | None) -
 _COMMANDS = {
     "status": _status,
     "members": _members,
+    "quorum": _quorum,
     "put": _put,
     "get": _get,
     "delete": _delete,

@@ -151,6 +151,48 @@ class SnapshotInstalled(NodeEvent):
     term: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuorumEvent(NodeEvent):
+    """A change of this node's quorum view (`caddy.quorum`): the members of the Raft
+    configuration it can reach and those it cannot, as it sees them."""
+
+    kind: ClassVar[str] = ""
+    reachable: tuple[str, ...]
+    unreachable: tuple[str, ...]
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuorumLost(QuorumEvent):
+    """The members this node can reach can no longer make progress."""
+
+    kind: ClassVar[str] = "quorum.lost"
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuorumRegained(QuorumEvent):
+    """The members this node can reach can make progress again."""
+
+    kind: ClassVar[str] = "quorum.regained"
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionDetected(QuorumEvent):
+    """Members of the configuration became unreachable (told again when the sides change)."""
+
+    kind: ClassVar[str] = "partition.detected"
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionHealed(QuorumEvent):
+    """Every member of the configuration is reachable again."""
+
+    kind: ClassVar[str] = "partition.healed"
+
+
 @register
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeStarting(NodeEvent):

@@ -11,16 +11,19 @@ During a membership change a node may be unsure which configuration is in force 
 committed or the one it appended after it, Raft dissertation 4.1): `QuorumRule` takes every
 configuration that may be and asks for a majority in each, as joint consensus does (4.3).
 
-Reachability: a peer is reachable when Raft heard from it within the window (a leader hears its
-followers, a follower its leader: direct, two-way contact) or gossip holds it alive; a suspect,
-dead or departed member with no fresh Raft contact is not. Raft evidence wins over gossip: a
-member gossip calls dead that acknowledged us a moment ago is reachable.
+Reachability: a peer is reachable when this node heard from it directly within the window (the
+transport's link heartbeats run between every pair of nodes, and Raft traffic rides the same
+links), unless gossip says it left. Gossip's alive is not enough on its own: SWIM's indirect
+probes call a member alive that only others can reach, and a quorum is of nodes this one can
+exchange messages with. Gossip's suspect or dead loses to fresh contact (a rumour against what
+this node sees).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from caddy.raft.types import Membership
 
@@ -97,39 +100,35 @@ class QuorumRule:
         return bool(self.configs) and all(c.can_progress(present) for c in self.configs)
 
 
-_UNREACHABLE_GOSSIP = frozenset({"suspect", "dead", "left"})
-
-
 @dataclass
 class Reachability:
-    """Which members this node can reach: fresh Raft contact, or alive in gossip."""
+    """Which members this node can reach: direct contact within the window, and not departed."""
 
     node_id: str
-    raft_window_s: float  # Raft contact older than this is stale (an election timeout)
-    _raft_heard: dict[str, float] = field(default_factory=dict)
-    _gossip: dict[str, str] = field(default_factory=dict)
+    window_s: float  # contact older than this is stale
+    _heard: dict[str, float] = field(default_factory=dict)
+    _left: set[str] = field(default_factory=set)
 
-    def heard_by_raft(self, peer: str, now: float) -> None:
-        self._raft_heard[peer] = now
+    def heard_from(self, peer: str, when: float) -> None:
+        self._heard[peer] = max(when, self._heard.get(peer, when))
 
     def gossip_state(self, peer: str, state: str) -> None:
         """`state`: alive, suspect, dead or left (`caddy.swim.MemberState` values)."""
-        self._gossip[peer] = state
+        if state == "left":
+            self._left.add(peer)
+        else:
+            self._left.discard(peer)
 
     def reachable(self, members: Iterable[str], now: float) -> frozenset[str]:
         """The members of `members` reachable at `now`; this node always is."""
-        horizon = now - self.raft_window_s
-        found = set()
-        for member in members:
-            heard = self._raft_heard.get(member)
-            gossip = self._gossip.get(member)
-            if (
-                member == self.node_id
-                or (heard is not None and heard >= horizon)
-                or (gossip is not None and gossip not in _UNREACHABLE_GOSSIP)
-            ):
-                found.add(member)
-        return frozenset(found)
+        horizon = now - self.window_s
+        heard, left = self._heard, self._left
+        return frozenset(
+            member
+            for member in members
+            if member == self.node_id
+            or (member not in left and heard.get(member, horizon - 1.0) >= horizon)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,31 +154,19 @@ class QuorumState:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class QuorumLost:
+QUORUM_LOST = "quorum.lost"
+QUORUM_REGAINED = "quorum.regained"
+PARTITION_DETECTED = "partition.detected"  # told again when the sides change
+PARTITION_HEALED = "partition.healed"
+
+
+class Transition(NamedTuple):
+    """A change of this node's quorum view: `kind` (the node event's kind), the members it can
+    reach and those of the configuration it cannot, as it sees them."""
+
+    kind: str
     reachable: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class QuorumRegained:
-    reachable: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionDetected:
-    """Members of the rule this node cannot reach (`theirs`) and those it can (`ours`), as this
-    node sees them; told again when the sides change."""
-
-    ours: tuple[str, ...]
-    theirs: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionHealed:
-    members: tuple[str, ...]
-
-
-Transition = QuorumLost | QuorumRegained | PartitionDetected | PartitionHealed
+    unreachable: tuple[str, ...] = ()
 
 
 class QuorumTracker:
@@ -208,17 +195,15 @@ class QuorumTracker:
         old = self.state
         since = old.since if has_quorum == old.has_quorum else now
         self.state = _state(rule, has_quorum, ours, since)
-        transitions: list[Transition] = []
-        if old.has_quorum and not has_quorum:
-            transitions.append(QuorumLost(ours))
-        elif has_quorum and not old.has_quorum:
-            transitions.append(QuorumRegained(ours))
         theirs = tuple(sorted(members - present))
+        transitions: list[Transition] = []
+        if old.has_quorum != has_quorum:
+            transitions.append(
+                Transition(QUORUM_REGAINED if has_quorum else QUORUM_LOST, ours, theirs)
+            )
         if theirs != self._theirs:
-            if theirs:
-                transitions.append(PartitionDetected(ours, theirs))
-            else:
-                transitions.append(PartitionHealed(ours))
+            kind = PARTITION_DETECTED if theirs else PARTITION_HEALED
+            transitions.append(Transition(kind, ours, theirs))
             self._theirs = theirs
         return transitions
 

@@ -120,11 +120,11 @@ def test_a_subsystem_switched_off_has_no_actor_and_its_accessor_says_none(topolo
         started.set()
         return ToyActor.start(context)
 
-    spec = SubsystemSpec("fencing", start, enabled=lambda config: False)
+    spec = SubsystemSpec("failover", start, enabled=lambda config: False)
     node = ClusterManager("n1", load_topology(topology), subsystems=(*DEFAULT_SUBSYSTEMS, spec))
     node.start()
     try:
-        assert node.fencing() is None and node.subsystem("fencing") is None
+        assert node.failover() is None and node.subsystem("failover") is None
         assert not started.is_set()
         assert node.raft() is not None and node.membership() is not None
     finally:

@@ -19,6 +19,10 @@ from caddy.events import (
     NodeEvent,
     NodeStarting,
     NodeStopping,
+    PartitionDetected,
+    PartitionHealed,
+    QuorumLost,
+    QuorumRegained,
     SnapshotInstalled,
     SnapshotTaken,
     register,
@@ -38,6 +42,10 @@ def test_the_registry_holds_every_event_class_by_its_kind():
         "snapshot.taken": SnapshotTaken,
         "snapshot.installed": SnapshotInstalled,
         "node.starting": NodeStarting,
+        "quorum.lost": QuorumLost,
+        "quorum.regained": QuorumRegained,
+        "partition.detected": PartitionDetected,
+        "partition.healed": PartitionHealed,
         "node.stopping": NodeStopping,
     }
 
@@ -45,22 +53,22 @@ def test_the_registry_holds_every_event_class_by_its_kind():
 def test_a_later_subsystem_adds_its_kind_and_cannot_take_a_used_one():
     @register
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-    class QuorumLost(NodeEvent):
-        kind: ClassVar[str] = "quorum.lost"
+    class BackendEjected(NodeEvent):
+        kind: ClassVar[str] = "backend.ejected"
         healthy: int
 
     try:
-        assert EVENT_KINDS["quorum.lost"] is QuorumLost
-        assert QuorumLost(**STAMP, healthy=1).to_dict()["kind"] == "quorum.lost"
+        assert EVENT_KINDS["backend.ejected"] is BackendEjected
+        assert BackendEjected(**STAMP, healthy=1).to_dict()["kind"] == "backend.ejected"
 
         @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
         class Impostor(NodeEvent):
-            kind: ClassVar[str] = "quorum.lost"
+            kind: ClassVar[str] = "backend.ejected"
 
-        with pytest.raises(ValueError, match="already QuorumLost"):
+        with pytest.raises(ValueError, match="already BackendEjected"):
             register(Impostor)
     finally:
-        del EVENT_KINDS["quorum.lost"]
+        del EVENT_KINDS["backend.ejected"]
 
 
 @pytest.mark.parametrize("kind", [None, "", "quorum."])
@@ -108,6 +116,10 @@ def test_every_registered_event_serializes():
         SnapshotInstalled: {"index": 90, "term": 2},
         NodeStarting: {},
         NodeStopping: {},
+        QuorumLost: {"reachable": ("n1",), "unreachable": ("n2", "n3")},
+        QuorumRegained: {"reachable": ("n1", "n2"), "unreachable": ("n3",)},
+        PartitionDetected: {"reachable": ("n1", "n2"), "unreachable": ("n3",)},
+        PartitionHealed: {"reachable": ("n1", "n2", "n3"), "unreachable": ()},
     }
     assert set(samples) == set(EVENT_KINDS.values())
     for cls, extra in samples.items():

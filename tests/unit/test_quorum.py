@@ -6,13 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from caddy.quorum import (
-    PartitionDetected,
-    PartitionHealed,
-    QuorumLost,
-    QuorumRegained,
+    PARTITION_DETECTED,
+    PARTITION_HEALED,
+    QUORUM_LOST,
+    QUORUM_REGAINED,
     QuorumRule,
     QuorumTracker,
     Reachability,
+    Transition,
     VotingConfig,
 )
 from caddy.raft.types import Membership
@@ -114,20 +115,22 @@ def test_any_tolerated_failures_leave_progress(cfg, data):
     assert cfg.can_progress(cfg.voting - failed) == bool(cfg.voters)
 
 
-def test_raft_contact_within_the_window_or_gossip_alive_is_reachable():
-    view = Reachability("a", raft_window_s=1.0)
+def test_direct_contact_within_the_window_is_reachable_unless_the_member_left():
+    view = Reachability("a", window_s=1.0)
     everyone = "abcde"
     assert view.reachable(everyone, 0.0) == {"a"}  # nothing heard yet: only itself
-    view.heard_by_raft("b", 10.0)
-    view.gossip_state("c", "alive")
-    view.gossip_state("d", "suspect")
-    view.gossip_state("e", "dead")
+    view.heard_from("b", 10.0)
+    view.heard_from("c", 10.2)
+    view.gossip_state("c", "dead")  # a rumour: c was heard a moment ago
+    view.gossip_state("d", "alive")  # alive to gossip, but never heard by this node
     assert view.reachable(everyone, 10.5) == {"a", "b", "c"}
-    assert view.reachable(everyone, 11.5) == {"a", "c"}  # b's contact went stale
-    view.heard_by_raft("e", 11.4)  # acknowledged us a moment ago: gossip's rumour loses
-    assert view.reachable(everyone, 11.5) == {"a", "c", "e"}
+    assert view.reachable(everyone, 11.1) == {"a", "c"}  # b's contact went stale
+    view.heard_from("b", 9.0)  # an older contact told late changes nothing
+    assert view.reachable(everyone, 11.1) == {"a", "c"}
     view.gossip_state("c", "left")
-    assert "c" not in view.reachable(everyone, 11.5)
+    assert view.reachable(everyone, 11.1) == {"a"}
+    view.gossip_state("c", "alive")  # back, with a new incarnation
+    assert view.reachable(everyone, 11.1) == {"a", "c"}
 
 
 def test_the_tracker_reports_quorum_lost_regained_and_the_partition_sides():
@@ -135,8 +138,8 @@ def test_the_tracker_reports_quorum_lost_regained_and_the_partition_sides():
     assert tracker.state.has_quorum and tracker.state.since == 5.0
     assert tracker.update({"n1", "n2", "n3"}, 6.0) == []
     assert tracker.update({"n1"}, 7.0) == [
-        QuorumLost(("n1",)),
-        PartitionDetected(("n1",), ("n2", "n3")),
+        Transition(QUORUM_LOST, ("n1",), ("n2", "n3")),
+        Transition(PARTITION_DETECTED, ("n1",), ("n2", "n3")),
     ]
     assert tracker.state.to_status() == {
         "has_quorum": False,
@@ -149,11 +152,13 @@ def test_the_tracker_reports_quorum_lost_regained_and_the_partition_sides():
     assert tracker.update({"n1"}, 8.0) == []  # no news
     assert tracker.state.since == 7.0
     assert tracker.update({"n1", "n2", "outsider"}, 9.0) == [
-        QuorumRegained(("n1", "n2")),
-        PartitionDetected(("n1", "n2"), ("n3",)),  # the sides changed
+        Transition(QUORUM_REGAINED, ("n1", "n2"), ("n3",)),
+        Transition(PARTITION_DETECTED, ("n1", "n2"), ("n3",)),  # the sides changed
     ]
     assert tracker.state.since == 9.0 and tracker.state.reachable == ("n1", "n2")
-    assert tracker.update({"n1", "n2", "n3"}, 10.0) == [PartitionHealed(("n1", "n2", "n3"))]
+    assert tracker.update({"n1", "n2", "n3"}, 10.0) == [
+        Transition(PARTITION_HEALED, ("n1", "n2", "n3"), ())
+    ]
     assert tracker.state.since == 9.0  # has_quorum did not change
 
 
@@ -161,10 +166,12 @@ def test_a_new_configuration_is_judged_against_the_same_reachability():
     three = Membership(frozenset({"n1", "n2", "n3"}))
     five = Membership(frozenset({"n1", "n2", "n3", "n4", "n5"}))
     tracker = QuorumTracker(QuorumRule.of(three), now=0.0)
-    assert tracker.update({"n1", "n2"}, 1.0) == [PartitionDetected(("n1", "n2"), ("n3",))]
+    assert tracker.update({"n1", "n2"}, 1.0) == [
+        Transition(PARTITION_DETECTED, ("n1", "n2"), ("n3",))
+    ]
     transitions = tracker.reconfigure(QuorumRule.of(three, five), {"n1", "n2"}, 2.0)
     assert transitions == [
-        QuorumLost(("n1", "n2")),
-        PartitionDetected(("n1", "n2"), ("n3", "n4", "n5")),
+        Transition(QUORUM_LOST, ("n1", "n2"), ("n3", "n4", "n5")),
+        Transition(PARTITION_DETECTED, ("n1", "n2"), ("n3", "n4", "n5")),
     ]
     assert tracker.state.needed == 3

@@ -1,0 +1,92 @@
+"""FencingActor: this node's quorum view, kept by `caddy.quorum` and fed by the transport's
+direct contact with each peer, gossip's departures and Raft's configuration changes. It
+publishes `quorum.lost`, `quorum.regained`, `partition.detected` and `partition.healed` node
+events and fills the `quorum` section of the status (CONTRACT 5)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pykka
+
+from actors.events import EventBus
+from actors.ticker import Tick
+from actors.transport import Transport
+from caddy.config import ClusterConfig
+from caddy.events import (
+    MembershipChanged,
+    MemberStateChanged,
+    PartitionDetected,
+    PartitionHealed,
+    QuorumEvent,
+    QuorumLost,
+    QuorumRegained,
+)
+from caddy.quorum import QuorumRule, QuorumTracker, Reachability
+from caddy.raft.types import Membership
+
+_EVENTS: dict[str, type[QuorumEvent]] = {
+    cls.kind: cls for cls in (QuorumLost, QuorumRegained, PartitionDetected, PartitionHealed)
+}
+EVENTS_TOLD = ("membership.changed", "member.state")  # what the actor subscribes to
+
+
+def contact_window_s(config: ClusterConfig) -> float:
+    """How long a peer's last frame counts as contact: an election timeout, and at least two
+    link heartbeats (the transport's heartbeat runs between every pair of nodes)."""
+    return max(config.raft.election_timeout_max_ms, 2 * config.transport.peer_heartbeat_ms) / 1000
+
+
+class FencingActor(pykka.ThreadingActor):
+    """Evaluates the quorum view once per Raft heartbeat interval of ticks."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node_id: str,
+        transport: Transport,
+        board: Any,
+        events: EventBus,
+    ) -> None:
+        super().__init__()
+        self._transport = transport
+        self._events = events
+        self._reach = Reachability(node_id, contact_window_s(config))
+        self._tracker = QuorumTracker(QuorumRule.of(config.membership), time.time())
+        self._every = max(1, config.raft.heartbeat_ms // config.tick_ms)
+        self._ticks = 0
+        self._section = self._tracker.state.to_status()  # replaced whole: read by other threads
+        board.contribute("quorum", lambda: self._section)
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Tick):
+            self._ticks += 1
+            if self._ticks % self._every == 0:
+                self._evaluate(self._tracker.rule)
+        elif isinstance(message, MemberStateChanged):
+            self._reach.gossip_state(message.member, message.state)
+        elif isinstance(message, MembershipChanged):
+            membership = Membership(
+                frozenset(message.voters),
+                frozenset(message.learners),
+                frozenset(message.witnesses),
+            )
+            self._evaluate(QuorumRule.of(membership))
+
+    def _evaluate(self, rule: QuorumRule) -> None:
+        now = time.monotonic()
+        for peer, stats in self._transport.peer_stats().items():
+            if stats.last_heard_s is not None:
+                self._reach.heard_from(peer, now - stats.last_heard_s)
+        reachable = self._reach.reachable(rule.members, now)
+        tracker = self._tracker
+        if rule != tracker.rule:
+            transitions = tracker.reconfigure(rule, reachable, time.time())
+        else:
+            transitions = tracker.update(reachable, time.time())
+        self._section = tracker.state.to_status()
+        for change in transitions:
+            self._events.publish(
+                _EVENTS[change.kind], reachable=change.reachable, unreachable=change.unreachable
+            )
