@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from caddy.client import Client
@@ -238,17 +238,26 @@ def _status(client: Client, args: argparse.Namespace) -> int:
         statuses = {args.node: client.status(args.node)}
     else:
         statuses = client.statuses()
-    if args.json:
-        print(json.dumps(statuses, indent=2, sort_keys=True))
-    else:
-        rows = [_status_row(node_id, status) for node_id, status in statuses.items()]
-        print(
-            _table(
-                ["id", "role", "state", "term", "leader", "commit", "applied", "hears", "members"],
-                rows,
-            )
-        )
+    _show_per_node(
+        args,
+        statuses,
+        ["id", "role", "state", "term", "leader", "commit", "applied", "hears", "members"],
+        _status_row,
+    )
     return EXIT_OK if any(s is not None for s in statuses.values()) else EXIT_FAILURE
+
+
+def _show_per_node(
+    args: argparse.Namespace,
+    documents: dict[str, Any],
+    headers: list[str],
+    row: Callable[[str, Any], list[str]],
+) -> None:
+    """Per-node documents as JSON, or as a table of one `row` per node."""
+    if args.json:
+        print(json.dumps(documents, indent=2, sort_keys=True))
+    else:
+        print(_table(headers, [row(node_id, document) for node_id, document in documents.items()]))
 
 
 def _status_row(node_id: str, status: dict[str, Any] | None) -> list[str]:
@@ -276,15 +285,12 @@ def _quorum(client: Client, args: argparse.Namespace) -> int:
         node_id: None if status is None else status.get("quorum", {})  # {}: an older node
         for node_id, status in client.statuses().items()
     }
-    if args.json:
-        print(json.dumps(views, indent=2, sort_keys=True))
-    else:
-        rows = [_quorum_row(node_id, view) for node_id, view in views.items()]
-        print(
-            _table(
-                ["id", "has_quorum", "reachable", "needed", "voters", "witnesses", "since"], rows
-            )
-        )
+    _show_per_node(
+        args,
+        views,
+        ["id", "has_quorum", "reachable", "needed", "voters", "witnesses", "since"],
+        _quorum_row,
+    )
     return EXIT_OK if any(v is not None for v in views.values()) else EXIT_FAILURE
 
 
