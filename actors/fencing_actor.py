@@ -30,6 +30,7 @@ _EVENTS: dict[str, type[QuorumEvent]] = {
     cls.kind: cls for cls in (QuorumLost, QuorumRegained, PartitionDetected, PartitionHealed)
 }
 EVENTS_TOLD = ("membership.changed", "member.state")  # what the actor subscribes to
+EVALUATE_EVERY_MS = 50  # the view is judged this often (its Tick), well inside the window
 
 
 def contact_window_s(config: ClusterConfig) -> float:
@@ -39,7 +40,8 @@ def contact_window_s(config: ClusterConfig) -> float:
 
 
 class FencingActor(pykka.ThreadingActor):
-    """Evaluates the quorum view once per Raft heartbeat interval of ticks."""
+    """Judges the quorum view on each Tick (every EVALUATE_EVERY_MS) and on a new
+    configuration."""
 
     def __init__(
         self,
@@ -54,16 +56,12 @@ class FencingActor(pykka.ThreadingActor):
         self._events = events
         self._reach = Reachability(node_id, contact_window_s(config))
         self._tracker = QuorumTracker(QuorumRule.of(config.membership), time.time())
-        self._every = max(1, config.raft.heartbeat_ms // config.tick_ms)
-        self._ticks = 0
         self._section = self._tracker.state.to_status()  # replaced whole: read by other threads
         board.contribute("quorum", lambda: self._section)
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Tick):
-            self._ticks += 1
-            if self._ticks % self._every == 0:
-                self._evaluate(self._tracker.rule)
+            self._evaluate(self._tracker.rule)
         elif isinstance(message, MemberStateChanged):
             self._reach.gossip_state(message.member, message.state)
         elif isinstance(message, MembershipChanged):

@@ -79,7 +79,8 @@ class ClusterManager:
             for prefix in spec.client_prefixes:
                 self.transport.register(prefix, ref.tell, batched=spec.batched, port="client")
             if spec.ticks:
-                self.ticker.register(ref)
+                every_ms = spec.tick_every_ms or self.config.tick_ms
+                self.ticker.register(ref, every=max(1, round(every_ms / self.config.tick_ms)))
             if spec.events is not None:
                 self.events.subscribe(ref, kinds=spec.events)
         self.board.contribute(

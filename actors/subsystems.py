@@ -14,8 +14,8 @@ import pykka
 
 from actors.client_endpoint import ClientEndpointActor
 from actors.events import EventBus
+from actors.fencing_actor import EVALUATE_EVERY_MS, FencingActor
 from actors.fencing_actor import EVENTS_TOLD as FENCING_EVENTS
-from actors.fencing_actor import FencingActor
 from actors.gossip_actor import GossipActor
 from actors.raft_actor import RaftActor
 from actors.status_board import StatusBoard
@@ -52,7 +52,8 @@ class SubsystemSpec:
       on the client port (a kind a port does not take is dropped there, and a client's connection
       that sends one is cut); with `batched`, it gets an `InboundBatch` per drain of the sockets
       instead of one `Inbound` each;
-    - `ticks`: it is told `Tick()` every `tick_ms`;
+    - `ticks`: it is told `Tick()` every `tick_ms`, or every `tick_every_ms` rounded to whole
+      ticks;
     - `events`: the node event kinds (or prefixes such as `"leader."`) it is told; None: none;
     - `reads_sockets`: its inbox reads the node's routers itself (`ReadingInbox`; one subsystem
       at most, the Raft driver, whose messages then skip a thread hand-over);
@@ -65,6 +66,7 @@ class SubsystemSpec:
     client_prefixes: tuple[str, ...] = ()
     batched: bool = False
     ticks: bool = False
+    tick_every_ms: int | None = None  # with `ticks`: told that often (whole ticks), not every tick
     events: tuple[str, ...] | None = None
     reads_sockets: bool = False
     enabled: Callable[[ClusterConfig], bool] = _always
@@ -107,7 +109,9 @@ RAFT = SubsystemSpec(
     reads_sockets=True,
 )
 GOSSIP = SubsystemSpec("gossip", _start_gossip, prefixes=("swim",), ticks=True)
-FENCING = SubsystemSpec("fencing", _start_fencing, ticks=True, events=FENCING_EVENTS)
+FENCING = SubsystemSpec(
+    "fencing", _start_fencing, ticks=True, tick_every_ms=EVALUATE_EVERY_MS, events=FENCING_EVENTS
+)
 CLIENT_ENDPOINT = SubsystemSpec("client", _start_client_endpoint, client_prefixes=("client",))
 
 DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (RAFT, GOSSIP, FENCING, CLIENT_ENDPOINT)
