@@ -104,3 +104,47 @@ def test_isolated_leader_accepts_no_write_and_converges_after_healing(cluster, f
         assert client.get("k") == "majority"
         assert client.leader() in {"n1", "n2", "n3"}
         assert new != old
+
+
+def test_a_node_cut_off_says_it_has_no_quorum_and_the_majority_keeps_it(cluster, firewall):
+    local, hosts = cluster
+    with Client(local.topology, timeout=20) as client, Client(local.topology, 2) as probe:
+        leader = local.leader(client)
+        cut_off = next(node for node in sorted(hosts) if node != leader)
+        majority = sorted(set(hosts) - {cut_off})
+        for other in majority:
+            firewall.cut(hosts[cut_off], hosts[other])
+
+        alone = wait_until(
+            lambda: not (q := probe.status(cut_off)["quorum"])["has_quorum"] and q,
+            20,
+            f"{cut_off} to say it has no quorum",
+        )
+        assert alone["reachable"] == [cut_off]
+        for node in majority:
+            view = wait_until(
+                lambda node=node: (
+                    (q := probe.status(node)["quorum"])["reachable"] == majority and q
+                ),
+                20,
+                f"{node} to stop reaching {cut_off}",
+            )
+            assert view["has_quorum"] is True
+        client.put("k", "during")  # the majority side keeps committing
+
+        firewall.heal()
+        back = wait_until(
+            lambda: (
+                (q := probe.status(cut_off)["quorum"])["has_quorum"]
+                and q["reachable"] == sorted(hosts)
+                and q
+            ),
+            30,
+            f"{cut_off} to regain quorum",
+        )
+        assert back["since"] > alone["since"]
+        wait_until(
+            lambda: probe.status(cut_off)["applied_index"] >= probe.status(leader)["applied_index"],
+            30,
+            "convergence",
+        )
