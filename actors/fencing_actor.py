@@ -23,7 +23,7 @@ from caddy.events import (
     QuorumLost,
     QuorumRegained,
 )
-from caddy.quorum import QuorumRule, QuorumTracker, Reachability
+from caddy.quorum import QuorumRule, QuorumTracker, Reachability, contact_window_ms
 from caddy.raft.types import Membership
 
 _EVENTS: dict[str, type[QuorumEvent]] = {
@@ -31,12 +31,6 @@ _EVENTS: dict[str, type[QuorumEvent]] = {
 }
 EVENTS_TOLD = ("membership.changed", "member.state")  # what the actor subscribes to
 EVALUATE_EVERY_MS = 50  # the view is judged this often (its Tick), well inside the window
-
-
-def contact_window_s(config: ClusterConfig) -> float:
-    """How long a peer's last frame counts as contact: an election timeout, and at least two
-    link heartbeats (the transport's heartbeat runs between every pair of nodes)."""
-    return max(config.raft.election_timeout_max_ms, 2 * config.transport.peer_heartbeat_ms) / 1000
 
 
 class FencingActor(pykka.ThreadingActor):
@@ -54,7 +48,10 @@ class FencingActor(pykka.ThreadingActor):
         super().__init__()
         self._transport = transport
         self._events = events
-        self._reach = Reachability(node_id, contact_window_s(config))
+        window_ms = contact_window_ms(
+            config.raft.election_timeout_max_ms, config.transport.peer_heartbeat_ms
+        )
+        self._reach = Reachability(node_id, window_ms / 1000)
         self._tracker = QuorumTracker(QuorumRule.of(config.membership), time.time())
         self._section = self._tracker.state.to_status()  # replaced whole: read by other threads
         board.contribute("quorum", lambda: self._section)
@@ -78,12 +75,8 @@ class FencingActor(pykka.ThreadingActor):
             if stats.last_heard_s is not None:
                 self._reach.heard_from(peer, now - stats.last_heard_s)
         reachable = self._reach.reachable(rule.members, now)
-        tracker = self._tracker
-        if rule != tracker.rule:
-            transitions = tracker.reconfigure(rule, reachable, time.time())
-        else:
-            transitions = tracker.update(reachable, time.time())
-        self._section = tracker.state.to_status()
+        transitions = self._tracker.update(reachable, time.time(), rule)
+        self._section = self._tracker.state.to_status()
         for change in transitions:
             self._events.publish(
                 _EVENTS[change.kind], reachable=change.reachable, unreachable=change.unreachable

@@ -1043,35 +1043,42 @@ def _source_fd(frame: zmq.Frame) -> int:
         return -1
 
 
-def _peer_name(fd: int) -> Any:
-    """The remote address of a socket libzmq owns, or None (closed, or no connected socket)."""
+def _on_connection(fd: int, peer: Any, use: Callable[[socket.socket], Any], failed: Any) -> Any:
+    """`use(sock)` on the connection libzmq owns at `fd`, if it is still `peer`'s (None: any
+    connected socket's); `failed` when it is not, or when a call fails. Never closes it."""
     try:
         sock = socket.socket(fileno=fd)
     except (OSError, ValueError):  # ValueError: a negative descriptor (-1: unknown)
-        return None
+        return failed
     try:
-        return sock.getpeername()
+        if peer is not None and sock.getpeername() != peer:
+            return failed
+        return use(sock)
     except OSError:
-        return None
+        return failed
     finally:
         sock.detach()  # libzmq closes it, never we
 
 
+def _peer_name(fd: int) -> Any:
+    """The remote address of a socket libzmq owns, or None (closed, or no connected socket)."""
+    return _on_connection(fd, None, socket.socket.getpeername, None)
+
+
+def _bytes_received(sock: socket.socket) -> int | None:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+    return _TCPI_BYTES_RECEIVED.unpack_from(info, 128)[0] if len(info) >= 136 else None
+
+
 def _tcp_bytes_received(fd: int, peer: Any) -> int | None:
     """The bytes the kernel received on a connection libzmq owns (None: it is not `peer`'s)."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except (OSError, ValueError):  # ValueError: a negative descriptor (-1: unknown)
-        return None
-    try:
-        if sock.getpeername() != peer:
-            return None
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
-        return _TCPI_BYTES_RECEIVED.unpack_from(info, 128)[0] if len(info) >= 136 else None
-    except OSError:
-        return None
-    finally:
-        sock.detach()
+    return _on_connection(fd, peer, _bytes_received, None)
+
+
+def _reset(sock: socket.socket) -> bool:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    sock.shutdown(socket.SHUT_RDWR)
+    return True
 
 
 def _cut(fd: int, peer: Any) -> bool:
@@ -1079,20 +1086,7 @@ def _cut(fd: int, peer: Any) -> bool:
     closes it, with a reset (SO_LINGER 0), which frees the kernel's socket at once and tells
     the sender (a socket only shut down would sit in FIN-WAIT-2 with a closed window, its
     sender blocked, for `tcp_fin_timeout`)."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except (OSError, ValueError):  # ValueError: a negative descriptor (-1: unknown)
-        return False
-    try:
-        if sock.getpeername() != peer:
-            return False
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-        sock.shutdown(socket.SHUT_RDWR)
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.detach()
+    return _on_connection(fd, peer, _reset, False)
 
 
 def transport_status(transport: Transport, board: StatusBoard) -> dict[str, Any]:

@@ -100,6 +100,13 @@ class QuorumRule:
         return bool(self.configs) and all(c.can_progress(present) for c in self.configs)
 
 
+def contact_window_ms(election_timeout_max_ms: int, link_heartbeat_ms: int) -> int:
+    """How long a peer's last frame counts as contact: an election timeout, and at least two
+    link heartbeats (the transport's heartbeat runs between every pair of nodes, and is all a
+    follower hears from another follower when no gossip comes)."""
+    return max(election_timeout_max_ms, 2 * link_heartbeat_ms)
+
+
 @dataclass
 class Reachability:
     """Which members this node can reach: direct contact within the window, and not departed."""
@@ -179,14 +186,12 @@ class QuorumTracker:
         self.state = _state(rule, True, tuple(sorted(rule.members)), now)
         self._theirs: tuple[str, ...] = ()
 
-    def reconfigure(
-        self, rule: QuorumRule, reachable: Iterable[str], now: float
+    def update(
+        self, reachable: Iterable[str], now: float, rule: QuorumRule | None = None
     ) -> list[Transition]:
-        """The configuration changed: judge the same reachability against the new rule."""
-        self.rule = rule
-        return self.update(reachable, now)
-
-    def update(self, reachable: Iterable[str], now: float) -> list[Transition]:
+        """Judge `reachable` at `now`, against `rule` when the configuration changed."""
+        if rule is not None:
+            self.rule = rule
         rule = self.rule
         members = rule.members
         present = frozenset(reachable) & members

@@ -64,9 +64,11 @@ def test_a_node_left_alone_has_no_quorum_and_regains_it(cluster):
         )
         assert view["since"] > lost_since  # when has_quorum last changed
         shown = wait_until(
-            lambda: (v := ctl_json(cluster.topology, "quorum", timeout=5))
-            and all(q and q["has_quorum"] for q in v.values())
-            and v,
+            lambda: (
+                (v := ctl_json(cluster.topology, "quorum", timeout=5))
+                and all(q and q["has_quorum"] for q in v.values())
+                and v
+            ),
             10,
             "caddy-ctl quorum showing every node with quorum",
         )

@@ -144,15 +144,12 @@ class QuorumWorld:
         self.in_flight = still
 
     def _judge(self, node: str, now: int) -> None:
-        """As the FencingActor: a configuration it has not judged yet, or its periodic look."""
+        """As the FencingActor: its periodic look, against the configuration in force."""
         tracker = self.trackers[node]
         before = tracker.state
         rule = QuorumRule.of(*self.memberships)
         reachable = self.views[node].reachable(rule.members, now)
-        if rule != tracker.rule:
-            changes = tracker.reconfigure(rule, reachable, now)
-        else:
-            changes = tracker.update(reachable, now)
+        changes = tracker.update(reachable, now, rule)
         self._check(node, now, before, changes)
 
     def _check(self, node: str, now: int, before, changes) -> None:

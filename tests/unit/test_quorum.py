@@ -15,6 +15,7 @@ from caddy.quorum import (
     Reachability,
     Transition,
     VotingConfig,
+    contact_window_ms,
 )
 from caddy.raft.types import Membership
 
@@ -169,9 +170,10 @@ def test_a_new_configuration_is_judged_against_the_same_reachability():
     assert tracker.update({"n1", "n2"}, 1.0) == [
         Transition(PARTITION_DETECTED, ("n1", "n2"), ("n3",))
     ]
-    transitions = tracker.reconfigure(QuorumRule.of(three, five), {"n1", "n2"}, 2.0)
+    transitions = tracker.update({"n1", "n2"}, 2.0, QuorumRule.of(three, five))
     assert transitions == [
         Transition(QUORUM_LOST, ("n1", "n2"), ("n3", "n4", "n5")),
         Transition(PARTITION_DETECTED, ("n1", "n2"), ("n3", "n4", "n5")),
     ]
     assert tracker.state.needed == 3
+    assert contact_window_ms(300, 250) == 500 and contact_window_ms(1000, 250) == 1000
