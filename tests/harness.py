@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from actors import local_cluster
 from actors.local_cluster import CADDY_NODE, REPO, wait_until, write_topology
 from actors.local_cluster import NodeProcesses as Processes
+from actors.transport import link_routing_id
 
 __all__ = [
     "CADDY_CTL",
@@ -21,12 +24,27 @@ __all__ = [
     "ctl_json",
     "descendants",
     "run_ctl",
+    "send_each",
     "started_cluster",
     "wait_until",
     "write_topology",
 ]
 
 CADDY_CTL = REPO / "bin" / "caddy-ctl"
+
+
+def send_each(address: str, frames: list[bytes], peer: str | None = None) -> None:
+    """Each frame on a DEALER connection of its own: a node cuts a connection after its first
+    hostile frame, and what came after it on that connection may be reset unread. With `peer`,
+    the connection names itself as that peer's link does."""
+    for frame in frames:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 5000)  # close() must not discard what we sent
+        if peer:
+            sock.setsockopt(zmq.ROUTING_ID, link_routing_id(peer))
+        sock.connect(address)
+        sock.send(frame)
+        sock.close()
 
 
 def run_ctl(topology: Path, *args: str, timeout: float = 2.0) -> subprocess.CompletedProcess[str]:

@@ -5,12 +5,11 @@ import socket
 from urllib.parse import urlsplit
 
 import msgpack
-import zmq
 
 from caddy.client import Client
 from caddy.config import load_topology
 from caddy.wire import PROTOCOL_VERSION
-from tests.harness import LocalCluster, wait_until, write_topology
+from tests.harness import LocalCluster, send_each, wait_until, write_topology
 
 
 def frame(kind, body, *, cluster="test", sender="n2", version=PROTOCOL_VERSION):
@@ -51,18 +50,8 @@ def test_garbage_on_every_endpoint_is_counted_and_the_node_keeps_serving(tmp_pat
         client.put("before", 1)
         before = total_drops(client, "n1")
 
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 5000)  # close() must not discard what we sent
-        sock.connect(target.address)
-        for data in PEER_GARBAGE:
-            sock.send(data)
-        sock.close()
-        client_sock = zmq.Context.instance().socket(zmq.DEALER)
-        client_sock.setsockopt(zmq.LINGER, 5000)  # close() must not discard what we sent
-        client_sock.connect(target.client_address)
-        for data in PEER_GARBAGE[:5]:
-            client_sock.send(data)
-        client_sock.close()
+        send_each(target.address, PEER_GARBAGE)
+        send_each(target.client_address, PEER_GARBAGE[:5])
         for address in (target.address, target.client_address):
             url = urlsplit(address)
             with socket.create_connection((url.hostname, url.port), timeout=5) as raw:

@@ -9,13 +9,11 @@ import math
 
 import msgpack
 import pytest
-import zmq
 
-from actors.transport import link_routing_id
 from caddy.bounds import MAX_VALUE_DEPTH
 from caddy.client import Client, RequestFailed
 from caddy.wire import PROTOCOL_VERSION, Codec
-from tests.harness import started_cluster, wait_until
+from tests.harness import send_each, started_cluster, wait_until
 
 DEEP = b"\x91" * 1000 + b"\xc0"  # a list nested 1,000 deep: more than Python's repr survives
 
@@ -72,19 +70,6 @@ def cluster(tmp_path, processes):
         raft={"max_append_bytes": 256 * 1024},
         replication={"snapshot_chunk_bytes": 256 * 1024},
     )
-
-
-def send_each(address, frames, peer=None):
-    """Each frame on a connection of its own: a node cuts a connection after its first hostile
-    frame. With `peer`, the connection names itself as that peer's link does."""
-    for frame in frames:
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 5000)  # close() must not discard what we sent
-        if peer:
-            sock.setsockopt(zmq.ROUTING_ID, link_routing_id(peer))
-        sock.connect(address)
-        sock.send(frame)
-        sock.close()
 
 
 def test_hostile_values_kill_no_node_and_are_counted_by_peer(cluster):
