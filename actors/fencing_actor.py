@@ -52,7 +52,11 @@ class FencingActor(pykka.ThreadingActor):
             config.raft.election_timeout_max_ms, config.transport.peer_heartbeat_ms
         )
         self._reach = Reachability(node_id, window_ms / 1000)
-        self._tracker = QuorumTracker(QuorumRule.of(config.membership), time.time())
+        rule = QuorumRule.of(config.membership)
+        started = time.monotonic()
+        for member in rule.members:  # a node starts believing its topology, for one window
+            self._reach.heard_from(member, started)
+        self._tracker = QuorumTracker(rule, time.time())
         self._section = self._tracker.state.to_status()  # replaced whole: read by other threads
         board.contribute("quorum", lambda: self._section)
 

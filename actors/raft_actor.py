@@ -30,6 +30,8 @@ from caddy.events import (
     LeaderElected,
     LeaderLost,
     MembershipChanged,
+    QuorumLost,
+    QuorumRegained,
     SnapshotInstalled,
     SnapshotTaken,
 )
@@ -59,6 +61,9 @@ EXPIRY_CHECK_TICKS = 10  # writes past their deadline are answered this often
 # the nodes do not all pause together: only a paused leader holds up the cluster's writes. Not a
 # setting: it spreads pauses, it changes no guarantee.
 SNAPSHOT_JITTER_PERCENT = 50
+# The node events the actor is told: the FencingActor's quorum verdict, which the key-value
+# service answers `no_quorum` by.
+EVENTS_TOLD = (QuorumLost.kind, QuorumRegained.kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +204,8 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             self._unprocessed += len(message.messages) - 1
         elif isinstance(message, Inbound):
             self._on_inbound(message)
+        elif isinstance(message, QuorumLost | QuorumRegained):
+            self.service.has_quorum = isinstance(message, QuorumRegained)
         self._send_replies()  # redirects and refusals, for a batch of requests in one go
         self._unprocessed += 1
         if self.actor_inbox.empty() or self._unprocessed >= MAX_MESSAGES_PER_READY:

@@ -17,6 +17,7 @@ from actors.events import EventBus
 from actors.fencing_actor import EVALUATE_EVERY_MS, FencingActor
 from actors.fencing_actor import EVENTS_TOLD as FENCING_EVENTS
 from actors.gossip_actor import GossipActor
+from actors.raft_actor import EVENTS_TOLD as RAFT_EVENTS
 from actors.raft_actor import RaftActor
 from actors.status_board import StatusBoard
 from actors.transport import Transport
@@ -106,6 +107,7 @@ RAFT = SubsystemSpec(
     client_prefixes=("kv",),
     batched=True,
     ticks=True,
+    events=RAFT_EVENTS,
     reads_sockets=True,
 )
 GOSSIP = SubsystemSpec("gossip", _start_gossip, prefixes=("swim",), ticks=True)

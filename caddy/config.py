@@ -138,7 +138,7 @@ class TransportSettings:
     send_hwm: int = 10_000  # queued messages per peer before sends are refused
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000
-    peer_heartbeat_ms: int = 250
+    peer_heartbeat_ms: int = 100  # three fit in an election timeout: see caddy.quorum
     peer_silence_ms: int = 1500  # a peer silent this long is treated as disconnected
 
 

@@ -1,6 +1,7 @@
 """The error hierarchy every CADDY failure derives from.
 
-Users catch `CaddyError`; the client raises `Timeout`, `Unavailable` and `ValueTooLarge`.
+Users catch `CaddyError`; the client raises `Timeout`, `Unavailable` (`NoQuorum` is one),
+`ValueTooLarge`, `FencedOut` and `LockLost`.
 """
 
 
@@ -14,6 +15,21 @@ class Timeout(CaddyError):
 
 class Unavailable(CaddyError):
     """No node could be reached at all."""
+
+
+class NoQuorum(Unavailable):
+    """The nodes that answered cannot reach a quorum of voters: a write answered so was not
+    applied (it was not appended anywhere)."""
+
+
+class FencedOut(CaddyError):
+    """A fenced write whose lock token no longer holds the lock (expired, released, or granted
+    to someone else since): the write was not applied."""
+
+
+class LockLost(CaddyError):
+    """The lock is no longer held: its lease expired before a renewal reached the cluster, or
+    the cluster granted it to another holder."""
 
 
 class WireError(CaddyError):

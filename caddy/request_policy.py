@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from caddy.errors import CaddyError, Timeout, Unavailable
+from caddy.errors import CaddyError, NoQuorum, Timeout, Unavailable
 from caddy.replication.commands import CommandError, encode_kv
 from caddy.replication.replies import (
     CODE_FIELD,
     ERROR_FIELD,
     ERROR_KIND,
     LEADER_FIELD,
+    NO_QUORUM_CODE,
     OK_KIND,
     REDIRECT_KIND,
     RETRY_FIELD,
@@ -53,7 +54,8 @@ class RequestPolicy:
     """One request's course. It goes to the known leader, or to every node at once when the
     leader is unknown or silent (followers answer with a redirect and only the leader acts, so a
     retried write is applied once); a redirect naming one other node is followed; while an
-    election is under way the client backs off briefly."""
+    election is under way, or the nodes that answered have no quorum, the client backs off
+    briefly and asks every node."""
 
     node_ids: Sequence[str]
     target: str | None  # the node to ask next; None: every node
@@ -64,6 +66,7 @@ class RequestPolicy:
     served_by: str | None = None
     value: Any = None
     attempts: int = 0  # made so far
+    no_quorum: bool = False  # every answer of the latest answered attempt was `no_quorum`
 
     def attempt(self, now: float) -> tuple[list[str], float] | None:
         """The nodes to ask and how long to wait for them; None once the deadline passed."""
@@ -97,6 +100,9 @@ class RequestPolicy:
                 if code == TOO_LARGE_CODE and (too_large := too_large_error(answer.body)):
                     raise too_large
                 raise RequestFailed(error)
+        self.no_quorum = all(
+            answer.body.get(CODE_FIELD) == NO_QUORUM_CODE for answer in replies.values()
+        )
         hints = {answer.body.get(LEADER_FIELD) for answer in replies.values()}
         hinted = [node for node in hints if node in self.node_ids and node not in asked]
         self.target = hinted[0] if len(hinted) == 1 else None
@@ -108,6 +114,8 @@ class RequestPolicy:
         """The error to raise once `attempt` returned None."""
         if not self.answered:
             return Unavailable(f"no node answered within {self.timeout:g} s")
+        if self.no_quorum:
+            return NoQuorum(f"the nodes that answered had no quorum for {self.timeout:g} s")
         return Timeout(f"no leader completed the request within {self.timeout:g} s")
 
 

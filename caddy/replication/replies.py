@@ -24,6 +24,9 @@ MAX_MESSAGE_FIELD = "max_message_bytes"  # ... and the transport's limit it deri
 
 # kv.error's code for a write over the largest size: refused before it was proposed.
 TOO_LARGE_CODE = "value_too_large"
+# kv.error's code from a node that cannot reach a quorum: nothing was proposed; another node may
+# serve the request (so `retry` is True).
+NO_QUORUM_CODE = "no_quorum"
 
 
 def ok_body(value: Any) -> dict[str, Any]:
@@ -37,6 +40,14 @@ def error_body(error: str, *, retry: bool) -> dict[str, Any]:
 def refusal_body(error: str, code: Any) -> dict[str, Any]:
     """The state machine refused the write (`code`, its ErrorCode): a retry cannot change that."""
     return {ERROR_FIELD: error, CODE_FIELD: code, RETRY_FIELD: False}
+
+
+def no_quorum_body() -> dict[str, Any]:
+    return {
+        ERROR_FIELD: "this node cannot reach a quorum",
+        CODE_FIELD: NO_QUORUM_CODE,
+        RETRY_FIELD: True,
+    }
 
 
 def too_large_body(error: ValueTooLarge) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from caddy.replication.replies import (
     OK_KIND,
     REDIRECT_KIND,
     error_body,
+    no_quorum_body,
     ok_body,
     redirect_body,
     too_large_body,
@@ -81,6 +82,7 @@ class KeyValueService(Generic[Route]):
         "_reads_ready",
         "_read_rounds",
         "_replies",
+        "has_quorum",
     )
 
     def __init__(
@@ -111,6 +113,9 @@ class KeyValueService(Generic[Route]):
         self._reads_ready: list[tuple[int, list[tuple[Route, str]]]] = []  # by read index
         self._read_rounds = 0
         self._replies: list[tuple[Route, str, dict[str, Any]]] = []
+        # This node's quorum view (the FencingActor's): without quorum, writes and reads are
+        # answered `no_quorum` at once instead of waiting for a commit or a leader that cannot be.
+        self.has_quorum = True
 
     @property
     def pending_writes(self) -> int:
@@ -133,8 +138,8 @@ class KeyValueService(Generic[Route]):
         leader: bool,
         leader_hint: str | None,
     ) -> None:
-        """A client's `kv.*` request: answered at once (malformed, not the leader, no reads) or
-        queued."""
+        """A client's `kv.*` request: answered at once (malformed, no quorum, not the leader,
+        no reads) or queued."""
         try:
             request = parse_request(kind, body)
         except RequestError as error:
@@ -143,6 +148,9 @@ class KeyValueService(Generic[Route]):
         if (size := len(request.payload)) > self._max_write_bytes:  # a read's payload is empty
             error = ValueTooLarge("the write", size, self._max_write_bytes, self._max_message_bytes)
             self._replies.append((route, ERROR_KIND, too_large_body(error)))
+            return
+        if not self.has_quorum:
+            self._replies.append((route, ERROR_KIND, no_quorum_body()))
             return
         if not leader:
             self._replies.append((route, REDIRECT_KIND, redirect_body(leader_hint)))

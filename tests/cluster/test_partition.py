@@ -121,6 +121,10 @@ def test_a_node_cut_off_says_it_has_no_quorum_and_the_majority_keeps_it(cluster,
             f"{cut_off} to say it has no quorum",
         )
         assert alone["reachable"] == [cut_off]
+        write = {"key": "refused", "value": 1, "client": "probe", "seq": 1, "ack": 1}
+        answer = probe.gather([cut_off], "kv.put", write, 5, raw=True)[cut_off]
+        assert answer is not None, f"{cut_off} did not answer a write at once"
+        assert (answer.kind, answer.body["code"]) == ("kv.error", "no_quorum")
         for node in majority:
             view = wait_until(
                 lambda node=node: (
@@ -148,3 +152,4 @@ def test_a_node_cut_off_says_it_has_no_quorum_and_the_majority_keeps_it(cluster,
             30,
             "convergence",
         )
+        assert probe.get("refused") is None  # answered no_quorum: never applied

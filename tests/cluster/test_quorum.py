@@ -1,10 +1,12 @@
 """The quorum view of real node processes (CONTRACT 5's `quorum` status section): a node that
-can reach a majority says so, one left alone says it has no quorum within the contact window,
-and the view comes back when the others do."""
+can reach a majority says so, one left alone says it has no quorum within the contact window
+(and a client that reaches only it raises NoQuorum), and the view comes back when the others
+do."""
 
 import pytest
 
 from caddy.client import Client
+from caddy.errors import NoQuorum
 from tests.harness import ctl_json, run_ctl, started_cluster, wait_until
 
 
@@ -44,6 +46,8 @@ def test_a_node_left_alone_has_no_quorum_and_regains_it(cluster):
             "n1, alone, without quorum",
         )
         assert view["reachable"] == ["n1"]
+        with Client(cluster.topology, timeout=1) as writer, pytest.raises(NoQuorum):
+            writer.put("k", "alone")  # n1 answers no_quorum, the others are silent
         table = run_ctl(cluster.topology, "quorum", timeout=1).stdout.splitlines()
         rows = {line.split()[0]: line.split()[1:4] for line in table[1:]}
         assert table[0].split()[:4] == ["id", "has_quorum", "reachable", "needed"]

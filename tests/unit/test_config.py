@@ -103,7 +103,7 @@ def test_settings_defaults_are_the_documented_values() -> None:
         send_hwm=10000,
         reconnect_ivl_ms=100,
         reconnect_ivl_max_ms=2000,
-        peer_heartbeat_ms=250,
+        peer_heartbeat_ms=100,
         peer_silence_ms=1500,
     )
     assert FailoverSettings() == FailoverSettings(
@@ -491,9 +491,9 @@ INVALID = [
     ),
     pytest.param(
         ("transport", "peer_silence_ms"),
-        250,
+        100,
         "transport.peer_silence_ms: must be "
-        "greater than transport.peer_heartbeat_ms (250), got 250",
+        "greater than transport.peer_heartbeat_ms (100), got 100",
         id="silence",
     ),
     pytest.param(

@@ -176,4 +176,5 @@ def test_a_new_configuration_is_judged_against_the_same_reachability():
         Transition(PARTITION_DETECTED, ("n1", "n2"), ("n3", "n4", "n5")),
     ]
     assert tracker.state.needed == 3
-    assert contact_window_ms(300, 250) == 500 and contact_window_ms(1000, 250) == 1000
+    assert contact_window_ms(300, 250) == 750 and contact_window_ms(300, 100) == 300
+    assert contact_window_ms(1000, 250) == 1000

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caddy.errors import Timeout, Unavailable, ValueTooLarge
+from caddy.errors import NoQuorum, Timeout, Unavailable, ValueTooLarge
 from caddy.replication.commands import CommandError, encode_kv
-from caddy.replication.replies import too_large_body
+from caddy.replication.replies import no_quorum_body, too_large_body
 from caddy.request_policy import (
     _WRITE_FRAMING_BYTES,
     ATTEMPT_TIMEOUT_S,
@@ -129,6 +129,23 @@ def test_the_deadline_ends_the_course_with_the_right_error():
     heard.settle(["n1"], {"n1": answer("kv.redirect", leader=None)})
     assert heard.attempt(1.5) is None
     assert isinstance(heard.failure(), Timeout)
+
+
+def test_no_quorum_sends_the_next_attempt_to_everyone_and_is_the_error_at_the_deadline():
+    course = policy("n3", deadline=1.0)
+    assert not course.settle(["n3"], {"n3": answer("kv.error", **no_quorum_body())})
+    assert course.target is None and course.backoff == NO_LEADER_BACKOFF_S
+    assert course.attempt(0.5) == (list(NODES), pytest.approx(ATTEMPT_TIMEOUT_S))
+    course.settle(
+        list(NODES), {"n1": None, "n2": None, "n3": answer("kv.error", **no_quorum_body())}
+    )
+    assert course.attempt(1.0) is None
+    failure = course.failure()
+    assert isinstance(failure, NoQuorum) and isinstance(failure, Unavailable)
+    healed = policy("n3", deadline=1.0)  # a later answer that is not no_quorum: a plain Timeout
+    healed.settle(["n3"], {"n3": answer("kv.error", **no_quorum_body())})
+    healed.settle(list(NODES), {"n1": answer("kv.redirect", leader=None)})
+    assert isinstance(healed.failure(), Timeout) and not isinstance(healed.failure(), NoQuorum)
 
 
 def test_the_leader_is_the_one_of_the_highest_term_any_node_reports():

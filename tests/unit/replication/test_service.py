@@ -46,6 +46,22 @@ def test_a_follower_redirects_writes_and_reads_to_the_leader_it_knows():
     assert kv.take_replies() == []
 
 
+def test_without_quorum_writes_and_reads_are_answered_no_quorum_at_once_and_not_proposed():
+    kv = service(read=lambda key: 1)
+    kv.has_quorum = False
+    lead(kv, "w", *put(1))
+    lead(kv, "r", "kv.get", {"key": "k"})
+    kv.request("f", *put(1, client="c2"), leader=False, leader_hint="n2")
+    no_quorum = {"error": "this node cannot reach a quorum", "code": "no_quorum", "retry": True}
+    assert kv.take_replies() == [("w", "kv.error", no_quorum), ("r", "kv.error", no_quorum)] + [
+        ("f", "kv.error", no_quorum)
+    ]
+    assert kv.take_proposal(0) is None and kv.take_read_round() is None
+    kv.has_quorum = True
+    lead(kv, "w", *put(1))
+    assert kv.take_replies() == [] and kv.take_proposal(0) is not None
+
+
 def test_a_malformed_request_is_refused_for_good_even_by_a_follower():
     kv = service()
     kv.request("a", "kv.nope", {}, leader=False, leader_hint="n2")
