@@ -46,8 +46,8 @@ from caddy.raft.ready import Ready, Snapshot, SoftState, StateRole
 from caddy.raft.storage_api import LogStorage
 from caddy.raft.timings import RaftTimings
 from caddy.raft.types import Entry, EntryKind, Membership, SnapshotMeta
+from caddy.replication.locks import LockView, SweepTimer, sweep_entry, with_locks
 from caddy.replication.service import KeyValueService
-from caddy.replication.sessions import SessionStateMachine
 from caddy.replication.state_machine import StateMachine
 from caddy.storage import SqliteLogStorage
 
@@ -131,7 +131,8 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self._events = events
         self._node_id = node_id
         self._transport = transport
-        self._state_machine = SessionStateMachine(state_machine)
+        self._state_machine, self._locking = with_locks(state_machine)
+        self._sweeps = SweepTimer()
         if storage is None:
             storage = SqliteLogStorage(
                 config.node_data_dir(node_id), node_id=node_id, cluster=config.cluster
@@ -165,6 +166,7 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             request_timeout_s=config.transport.request_timeout_ms / 1000,
             read=reads if callable(reads) else None,
             max_message_bytes=config.transport.max_message_bytes,
+            lock_view=self._lock_view,
         )
         self._writer = ThreadSnapshotWriter(node_id, self._storage, self._tell_self)
         self.driver = RaftDriver(self.core, self._storage, self, writer=self._writer)
@@ -198,6 +200,8 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             self._ticks += 1
             if self._ticks % EXPIRY_CHECK_TICKS == 0:
                 self.service.expire(time.monotonic())
+            if self._leading:
+                self._sweep_locks()
         elif isinstance(message, InboundBatch):
             for inbound in message.messages:
                 self._on_inbound(inbound)
@@ -290,6 +294,22 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             return
         service.proposed(proposal, first, term, time.monotonic())
 
+    def _sweep_locks(self) -> None:
+        """Once a lease lapsed or a wait ran out, a sweep entry lets the log time pass it, so the
+        lock passes on with no other write."""
+        now_ms = int(time.time() * 1000)
+        if self._sweeps.due(self._locking.locks.next_deadline_ms(), now_ms):
+            try:
+                self.core.propose_many([sweep_entry(now_ms)])
+            except (NotLeader, RequestRejected):
+                pass  # the next leader sweeps
+
+    def _lock_view(self, name: str, owner: str) -> tuple[LockView, int]:
+        """For the service's lock waits: the waiter's place now, by the later of this node's
+        clock and the log time."""
+        now_ms = max(int(time.time() * 1000), self._state_machine.log_time_ms)
+        return self._locking.locks.view(name, owner, now_ms), now_ms
+
     def _start_read_round(self) -> None:
         """One ReadIndex round confirms leadership for every read that arrived since the last."""
         context = self.service.take_read_round()
@@ -318,6 +338,8 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         for entry in entries:
             results = machine.apply_batch(entry.data) if entry.kind is command else []
             service.committed(entry.index, entry.term, results)
+        if changes := self._locking.locks.take_changes():
+            service.locks_changed(changes, int(time.time() * 1000))
 
     def soft_state(self, soft: SoftState) -> None:
         log.info(

@@ -15,8 +15,11 @@ from typing import Any
 
 import zmq
 
+from caddy.bounds import MAX_NAME_LENGTH
 from caddy.config import ClusterConfig, load_topology
-from caddy.errors import Unavailable, WireError
+from caddy.errors import CaddyError, Timeout, Unavailable, WireError
+from caddy.lock import RENEWALS_PER_TTL, Lock
+from caddy.replication.locks import MAX_TTL_MS
 from caddy.request_policy import (
     RequestFailed,
     RequestPolicy,
@@ -66,9 +69,10 @@ class Client:
 
     # ----- key-value operations (linearizable; writes applied exactly once) ---------------------
 
-    def put(self, key: str, value: Any) -> None:
-        """Store `value` under `key`; returns once committed and applied."""
-        self._write("kv.put", {"key": check_key(key), "value": value})
+    def put(self, key: str, value: Any, fence: Lock | None = None) -> None:
+        """Store `value` under `key`; returns once committed and applied. With `fence`, applied
+        only while that lock's token still holds it, else FencedOut (and not applied)."""
+        self._write("kv.put", _fenced({"key": check_key(key), "value": value}, fence))
 
     def get(self, key: str) -> Any:
         """The value under `key`, or None when absent; linearizable (ReadIndex on the leader)."""
@@ -76,22 +80,72 @@ class Client:
         check_size("kv.get", body, self.config.transport.max_message_bytes)
         return self._call("kv.get", body)
 
-    def delete(self, key: str) -> bool:
-        """Remove `key`; True when it existed."""
-        return bool(self._write("kv.delete", {"key": check_key(key)}))
+    def delete(self, key: str, fence: Lock | None = None) -> bool:
+        """Remove `key`; True when it existed. `fence` as for `put`."""
+        return bool(self._write("kv.delete", _fenced({"key": check_key(key)}, fence)))
 
-    def cas(self, key: str, expected: Any, new: Any) -> bool:
-        """Set `key` to `new` if it holds `expected` (None: absent); True when swapped."""
-        return bool(
-            self._write("kv.cas", {"key": check_key(key), "expected": expected, "new": new})
+    def cas(self, key: str, expected: Any, new: Any, fence: Lock | None = None) -> bool:
+        """Set `key` to `new` if it holds `expected` (None: absent); True when swapped. `fence`
+        as for `put`."""
+        body = {"key": check_key(key), "expected": expected, "new": new}
+        return bool(self._write("kv.cas", _fenced(body, fence)))
+
+    # ----- locks (CONTRACT 5) --------------------------------------------------------------------
+
+    def lock(self, name: str, ttl: float = 10.0, wait: float = 0.0) -> Lock:
+        """Acquire the lock `name` under a lease of `ttl` seconds, renewed in the background
+        until released; waiting in line up to `wait` seconds when another holds it (Timeout
+        when not acquired by then). The token is greater than every token granted before for
+        `name`. Use it as a context manager to release it."""
+        ttl_ms, wait_ms = _lock_times(ttl, wait)
+        owner = uuid.uuid4().hex
+        names = {"name": check_lock_name(name), "owner": owner}
+        sent = time.monotonic()
+        deadline = sent + wait
+        value = self._write("kv.lock", {**names, "ttl_ms": ttl_ms, "wait_ms": wait_ms})
+        while value["token"] is None:
+            if not value.get("queued") or time.monotonic() >= deadline:
+                self._give_up_waiting(names, queued=bool(value.get("queued")))
+                raise Timeout(f"lock {name!r} was not acquired within {wait:g} s")
+            sent = time.monotonic()
+            value = self._call("kv.lock_wait", names)  # the leader answers within ~0.2 s
+        lease_s = value.get("remaining_ms", ttl_ms) / 1000
+        token = value["token"]
+        renewing = Client(self.config, timeout=ttl / RENEWALS_PER_TTL)
+
+        def renew() -> float | None:
+            started = time.monotonic()
+            renewed = renewing._write("kv.renew", {**names, "token": token})
+            return started + ttl if renewed["token"] is not None else None
+
+        return Lock(
+            name,
+            owner,
+            token,
+            ttl,
+            sent + lease_s,
+            renew=renew,
+            release=lambda: self._write("kv.unlock", names),
+            renewer_done=renewing.close,
         )
+
+    def _give_up_waiting(self, names: dict[str, str], queued: bool) -> None:
+        """Leave the line (or release a grant that came too late); the cluster drops the
+        waiter at its wait's end anyway, so a failure here loses nothing."""
+        if not queued:
+            return
+        try:
+            self._write("kv.unlock", names)
+        except CaddyError:
+            pass
 
     def leader(self) -> str | None:
         """The id of the node that leads in the highest term any node reports, if any."""
         return leader_of(self.statuses())
 
     def _write(self, kind: str, body: dict[str, Any]) -> Any:
-        check_size(kind, body, self.config.transport.max_message_bytes)
+        if "key" in body:  # a key-value write; a lock's fields are small and checked on the way
+            check_size(kind, body, self.config.transport.max_message_bytes)
         try:
             return self._write_in_session(kind, body)
         except SessionExpired as expired:
@@ -260,3 +314,23 @@ def check_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"keys are str, got {type(key).__name__}")
     return key
+
+
+def check_lock_name(name: str) -> str:
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+        raise ValueError(f"a lock name is a str of 1 to {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def _lock_times(ttl: float, wait: float) -> tuple[int, int]:
+    """The ttl and wait in whole ms, as the cluster takes them; ValueError outside its bounds."""
+    limit_s = MAX_TTL_MS / 1000
+    if not 0.001 <= ttl <= limit_s or not 0 <= wait <= limit_s:
+        raise ValueError(f"ttl must be 0.001 to {limit_s:g} s and wait 0 to {limit_s:g} s")
+    return round(ttl * 1000), round(wait * 1000)
+
+
+def _fenced(body: dict[str, Any], fence: Lock | None) -> dict[str, Any]:
+    if fence is not None:
+        body["fence"] = [fence.name, fence.token]
+    return body

@@ -2,8 +2,9 @@
 
 Human-readable tables by default, one JSON document with --json; errors are one line on stderr.
 
-Exit status: 0 success; 1 a failed operation (no answer, absent key, cas mismatch, anything
-unexpected); 2 invalid arguments or topology; 130 interrupted (Ctrl-C). Never a traceback.
+Exit status: 0 success; 1 a failed operation (no answer, absent key, cas mismatch, a lock not
+acquired, anything unexpected); 2 invalid arguments or topology; 130 interrupted (Ctrl-C); `lock`
+with a COMMAND: the command's. Never a traceback.
 
 Every argument is checked before anything goes on the network:
 
@@ -14,6 +15,10 @@ Every argument is checked before anything goes on the network:
   JSON), possibly empty. All must be valid UTF-8 and, together, within the largest write of the
   topology (`transport.max_message_bytes` less 4 KiB of framing, see `caddy.sizes`).
 - `NODE` (status): non-empty, and one of the topology's node ids.
+- `lock NAME`: NAME of 1 to 128 characters; `--ttl` as `--timeout`, `--wait` 0 to one hour; the
+  COMMAND after `--` runs with the token in `$CADDY_FENCING_TOKEN` and its exit status is
+  caddy-ctl's (127 when it cannot be started; 1 when it succeeded but the lock was lost while it
+  ran). Without COMMAND the lock is held, and renewed, until caddy-ctl is interrupted.
 
 Mistakes argparse can see alone print its usage and one `caddy-ctl: error: ...` line; mistakes that
 need the topology (unknown NODE, a KEY or write over the largest size) print one `caddy-ctl: ...`
@@ -26,17 +31,21 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from caddy.bounds import MAX_NAME_LENGTH
 from caddy.client import Client
 from caddy.config import ClusterConfig, ConfigError, load_topology
-from caddy.errors import CaddyError, ValueTooLarge
+from caddy.errors import CaddyError, LockLost, ValueTooLarge
 from caddy.request_policy import check_size
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CANNOT_RUN = 127  # lock's COMMAND could not be started (as a shell says)
 DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 3600.0  # longer than any failover; a larger value is a typo, not a wish
 _SHOWN_CHARS = 40  # an argument quoted in an error message is cut to this many characters
@@ -65,6 +74,23 @@ def timeout_seconds(text: str) -> float:
             f"got {_shown(text)}"
         )
     return seconds
+
+
+def wait_seconds(text: str) -> float:
+    """`--wait`: a finite number of seconds, 0 <= SECONDS <= MAX_TIMEOUT_S."""
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return timeout_seconds(text)
+
+
+def lock_name(text: str) -> str:
+    """NAME of `lock`: 1 to MAX_NAME_LENGTH characters of valid UTF-8."""
+    name = non_empty_text(text)
+    if len(name) > MAX_NAME_LENGTH:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_NAME_LENGTH} characters, got {len(name)}: {_shown(name)}"
+        )
+    return name
 
 
 def non_empty_text(text: str) -> str:
@@ -115,7 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
     cas.add_argument("expected", type=text_value, metavar="EXPECTED")
     cas.add_argument("new", type=text_value, metavar="NEW")
     commands.add_parser("leader", help="print the leader's id")
+    lock = commands.add_parser(
+        "lock",
+        help="acquire NAME and print its token; with COMMAND, run it holding the lock",
+        usage="caddy-ctl lock [-h] [--ttl SECONDS] [--wait SECONDS] NAME [-- COMMAND ...]",
+    )
+    lock.add_argument("name", type=lock_name, metavar="NAME")
+    lock.add_argument(
+        "--ttl", type=timeout_seconds, default=10.0, metavar="SECONDS", help="lease (default 10)"
+    )
+    lock.add_argument(
+        "--wait",
+        type=wait_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait in line this long when it is held (default 0: exit 1 at once)",
+    )
     return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The arguments; what follows the first `--` is `lock`'s COMMAND (`run`), and an error
+    after any other command. (argparse's own `--` does not reach a subcommand's arguments.)"""
+    argv = list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    head, run = argv[:cut], argv[cut + 1 :]
+    parser = build_parser()
+    args = parser.parse_args(head)
+    if run and args.command != "lock":
+        parser.error(f"unrecognized arguments: -- {' '.join(run)}")
+    args.run = run
+    return args
 
 
 # ----- checks that need the topology ----------------------------------------------------------
@@ -167,7 +223,7 @@ def _kv_request(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status (argparse exits 2 itself on invalid arguments)."""
     try:
-        return _run(build_parser().parse_args(argv))
+        return _run(parse_args(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
@@ -367,6 +423,28 @@ def _leader(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _lock(client: Client, args: argparse.Namespace) -> int:
+    """Hold NAME while COMMAND runs (or until interrupted); exit with COMMAND's status."""
+    with client.lock(args.name, ttl=args.ttl, wait=args.wait) as lock:
+        _say(args, {"name": args.name, "token": lock.token}, str(lock.token))
+        sys.stdout.flush()
+        if not args.run:
+            threading.Event().wait()  # until Ctrl-C; leaving the block releases the lock
+        status = _run_holding(args.run, lock.token)
+        if not lock.held():
+            raise LockLost(f"lock {args.name!r} was lost while {_shown(args.run[0])} ran")
+    return status
+
+
+def _run_holding(command: list[str], token: int) -> int:
+    environment = {**os.environ, "CADDY_FENCING_TOKEN": str(token)}
+    try:
+        return subprocess.run(command, env=environment, check=False).returncode
+    except OSError as error:
+        _error(f"cannot run {_shown(command[0])}: {error.strerror or error}")
+        return EXIT_CANNOT_RUN
+
+
 def _say(args: argparse.Namespace, document: dict[str, Any], text: str | None) -> None:
     if args.json:
         print(json.dumps(document, default=repr))
@@ -383,6 +461,7 @@ _COMMANDS = {
     "delete": _delete,
     "cas": _cas,
     "leader": _leader,
+    "lock": _lock,
 }
 
 

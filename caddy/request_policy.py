@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from caddy.errors import CaddyError, NoQuorum, Timeout, Unavailable
+from caddy.errors import CaddyError, FencedOut, NoQuorum, Timeout, Unavailable
 from caddy.replication.commands import CommandError, encode_kv
 from caddy.replication.replies import (
     CODE_FIELD,
@@ -99,6 +99,8 @@ class RequestPolicy:
                     raise SessionExpired(error, retried=self.attempts > 1)
                 if code == TOO_LARGE_CODE and (too_large := too_large_error(answer.body)):
                     raise too_large
+                if code == ErrorCode.FENCED_OUT:
+                    raise FencedOut(error)
                 raise RequestFailed(error)
         self.no_quorum = all(
             answer.body.get(CODE_FIELD) == NO_QUORUM_CODE for answer in replies.values()

@@ -12,21 +12,30 @@ from typing import Any, NamedTuple
 from caddy.bounds import MAX_INT64, describe
 from caddy.errors import CaddyError, WireError
 from caddy.replication.commands import CommandError, check_command, encode_batch, encode_kv
+from caddy.replication.locks import ACQUIRE, FENCE, RELEASE, RENEW, encode_lock
 from caddy.replication.replies import ERROR_KIND, OK_KIND, ok_body, refusal_body
 from caddy.sizes import batched_write_bytes
 from caddy.wire import require_fields
 
 READ_KIND = "kv.get"
+LOCK_WAIT_KIND = "kv.lock_wait"  # not a write: wait (a while) at the leader for a queued lock
 _READ_FIELDS = {"key": str}
+_LOCK_WAIT_FIELDS = {"name": str, "owner": str}
 _SESSION_FIELDS = {"client": str, "seq": int, "ack": int}
-_WRITE_FIELDS: dict[str, dict[str, Any]] = {
-    kind: {**fields, **_SESSION_FIELDS}
-    for kind, fields in {
-        "kv.put": {"key": str, "value": object},
-        "kv.delete": {"key": str},
-        "kv.cas": {"key": str, "expected": object, "new": object},
-    }.items()
+_KV_FIELDS = {
+    "kv.put": {"key": str, "value": object},
+    "kv.delete": {"key": str},
+    "kv.cas": {"key": str, "expected": object, "new": object},
 }
+_LOCK_FIELDS = {
+    "kv.lock": {"name": str, "owner": str, "ttl_ms": int, "wait_ms": int},
+    "kv.renew": {"name": str, "owner": str, "token": int},
+    "kv.unlock": {"name": str, "owner": str},
+}
+_WRITE_FIELDS: dict[str, dict[str, Any]] = {
+    kind: {**fields, **_SESSION_FIELDS} for kind, fields in {**_KV_FIELDS, **_LOCK_FIELDS}.items()
+}
+FENCE_FIELD = "fence"  # optional on kv.put, kv.delete and kv.cas: [lock name, token]
 
 
 class RequestError(CaddyError):
@@ -38,12 +47,13 @@ class ClientRequest(NamedTuple):
 
     A NamedTuple for the reason `caddy.replication.commands.Command` is one."""
 
-    op: str  # get | put | delete | cas
-    key: str
+    op: str  # get | put | delete | cas | lock | renew | unlock | lock_wait
+    key: str  # the lock's name for lock requests
     payload: bytes = b""  # the encoded state machine operation (writes only)
     client_id: str = ""
     seq: int = 0
     ack_below: int = 0
+    owner: str = ""  # lock_wait: whose wait
 
     @property
     def is_read(self) -> bool:
@@ -73,6 +83,9 @@ def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:
         if kind == READ_KIND:
             require_fields(body, _READ_FIELDS)
             return ClientRequest("get", body["key"])
+        if kind == LOCK_WAIT_KIND:
+            require_fields(body, _LOCK_WAIT_FIELDS)
+            return ClientRequest("lock_wait", body["name"], owner=body["owner"])
         fields = _WRITE_FIELDS.get(kind) if type(kind) is str else None
         if fields is None:
             raise RequestError(f"unknown request {describe(kind)}")
@@ -81,14 +94,36 @@ def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:
         if not body["client"] or not 1 <= seq <= MAX_INT64 or not 0 <= ack <= seq:
             raise RequestError("a write needs a client id, a seq >= 1 and 0 <= ack <= seq")
         op = kind.removeprefix("kv.")
-        value = body["new"] if op == "cas" else body.get("value")
         # Encoded here, once: a value that cannot be encoded is refused now, not in the log.
-        payload = encode_kv(op, body["key"], value, body.get("expected"))
+        if kind in _LOCK_FIELDS:
+            key, payload = body["name"], _lock_payload(op, body)
+        else:
+            key, payload = body["key"], _kv_payload(op, body)
         # The session fields are checked as the leader will stamp them (any clock reading).
         check_command(body["client"], body["seq"], body["ack"], 0, payload)
-        return ClientRequest(op, body["key"], payload, body["client"], body["seq"], body["ack"])
+        return ClientRequest(op, key, payload, body["client"], body["seq"], body["ack"])
     except (WireError, CommandError) as error:
         raise RequestError(str(error)) from error
+
+
+def _kv_payload(op: str, body: dict[str, Any]) -> bytes:
+    value = body["new"] if op == "cas" else body.get("value")
+    payload = encode_kv(op, body["key"], value, body.get("expected"))
+    fence = body.get(FENCE_FIELD)
+    if fence is None:
+        return payload
+    if type(fence) is not list or len(fence) != 2:
+        raise RequestError("a fence is [lock name, token]")
+    return encode_lock(FENCE, fence[0], "", fence[1], payload)
+
+
+def _lock_payload(op: str, body: dict[str, Any]) -> bytes:
+    name, owner = body["name"], body["owner"]
+    if op == "lock":
+        return encode_lock(ACQUIRE, name, owner, body["ttl_ms"], body["wait_ms"])
+    if op == "renew":
+        return encode_lock(RENEW, name, owner, body["token"])
+    return encode_lock(RELEASE, name, owner)
 
 
 def result_reply(result: Any) -> tuple[str, dict[str, Any]]:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from caddy.errors import ValueTooLarge
+from caddy.replication.locks import LockChange, LockView
 from caddy.replication.replies import (
     ERROR_KIND,
     OK_KIND,
@@ -83,6 +84,9 @@ class KeyValueService(Generic[Route]):
         "_read_rounds",
         "_replies",
         "has_quorum",
+        "_lock_view",
+        "_lock_waits",
+        "_older_lock_waits",
     )
 
     def __init__(
@@ -93,10 +97,13 @@ class KeyValueService(Generic[Route]):
         read: Callable[[str], Any] | None,
         max_message_bytes: int,
         max_entry_bytes: int = MAX_ENTRY_BYTES,
+        lock_view: Callable[[str, str], tuple[LockView, int]] | None = None,
     ) -> None:
         """`read`: the state machine's `read(key)`, or None when it has none (reads are then
         refused). `max_message_bytes`: the transport's; writes over `caddy.sizes.max_write_bytes`
-        of it are refused before they are proposed."""
+        of it are refused before they are proposed. `lock_view(name, owner)`: where a lock's
+        waiter stands in the applied state now (`LockTable.view`), with the leader's clock in
+        ms; None: no lock waits."""
         self._node_id = node_id  # for log records
         self._request_timeout_s = request_timeout_s
         self._read = read
@@ -116,6 +123,12 @@ class KeyValueService(Generic[Route]):
         # This node's quorum view (the FencingActor's): without quorum, writes and reads are
         # answered `no_quorum` at once instead of waiting for a commit or a leader that cannot be.
         self.has_quorum = True
+        self._lock_view = lock_view
+        # `kv.lock_wait`s parked until their waiter is granted or stops waiting, by (name, owner);
+        # those parked before the last `expire` are answered "still queued" at the next one, so
+        # a client re-asks within two expiry rounds and finds a new leader if this one went.
+        self._lock_waits: dict[tuple[str, str], Route] = {}
+        self._older_lock_waits: dict[tuple[str, str], Route] = {}
 
     @property
     def pending_writes(self) -> int:
@@ -155,7 +168,9 @@ class KeyValueService(Generic[Route]):
         if not leader:
             self._replies.append((route, REDIRECT_KIND, redirect_body(leader_hint)))
             return
-        if request.is_read:
+        if request.op == "lock_wait":
+            self._park_lock_wait(route, request.key, request.owner)
+        elif request.is_read:
             if self._read is None:
                 self._replies.append((route, ERROR_KIND, error_body(NO_READS, retry=False)))
                 return
@@ -234,6 +249,7 @@ class KeyValueService(Generic[Route]):
     def expire(self, now: float) -> None:
         """Writes not committed by their deadline (`now`, monotonic, past it): the outcome is
         unknown, so the client may retry."""
+        self._age_lock_waits()
         expired = [index for index, pending in self._writes.items() if pending.deadline < now]
         if not expired:
             return
@@ -251,6 +267,10 @@ class KeyValueService(Generic[Route]):
         routes.extend(route for route, _ in self._reads)
         routes.extend(route for _, reads in self._reads_ready for route, _ in reads)
         routes.extend(route for reads in self._reads_in_flight.values() for route, _ in reads)
+        routes.extend(self._lock_waits.values())
+        routes.extend(self._older_lock_waits.values())
+        self._lock_waits.clear()
+        self._older_lock_waits.clear()
         self._writes.clear()
         self._pending_writes = 0
         self._queued_routes.clear()
@@ -303,3 +323,55 @@ class KeyValueService(Generic[Route]):
             else:
                 still_waiting.append((index, reads))
         self._reads_ready = still_waiting
+
+    # ----- lock waits ---------------------------------------------------------------------------
+
+    def locks_changed(self, changes: list[LockChange], now_ms: int) -> None:
+        """Applied commands granted these waiters their lock or ended their wait (every
+        replica has them; only the leader has parked waits). `now_ms`: the leader's clock, from
+        which a grant's remaining lease is told."""
+        for change in changes:
+            key = (change.name, change.owner)
+            route = self._lock_waits.pop(key, None) or self._older_lock_waits.pop(key, None)
+            if route is None:
+                continue
+            if change.token is None:
+                self._replies.append((route, OK_KIND, ok_body(LOCK_NOT_WAITING)))
+            else:
+                grant = lock_grant(change.token, change.expires_ms, now_ms)
+                self._replies.append((route, OK_KIND, ok_body(grant)))
+
+    def _park_lock_wait(self, route: Route, name: str, owner: str) -> None:
+        """Answer at once when the waiter holds the lock or no longer waits; else park."""
+        if self._lock_view is None:
+            self._replies.append((route, OK_KIND, ok_body(LOCK_NOT_WAITING)))
+            return
+        view, now_ms = self._lock_view(name, owner)
+        if view.token is not None:
+            grant = lock_grant(view.token, view.expires_ms, now_ms)
+            self._replies.append((route, OK_KIND, ok_body(grant)))
+        elif not view.waiting:
+            self._replies.append((route, OK_KIND, ok_body(LOCK_NOT_WAITING)))
+        else:
+            key = (name, owner)
+            self._older_lock_waits.pop(key, None)
+            self._lock_waits[key] = route  # a re-ask replaces the earlier wait
+
+    def _age_lock_waits(self) -> None:
+        still = [
+            (route, OK_KIND, ok_body(LOCK_STILL_QUEUED))
+            for route in self._older_lock_waits.values()
+        ]
+        self._replies.extend(still)
+        self._older_lock_waits, self._lock_waits = self._lock_waits, {}
+
+
+# The bodies' values of `kv.lock_wait` answers.
+LOCK_STILL_QUEUED = {"token": None, "queued": True}  # ask again
+LOCK_NOT_WAITING = {"token": None, "queued": False}  # not granted: the wait ran out or ended
+
+
+def lock_grant(token: int, expires_ms: int, now_ms: int) -> dict[str, Any]:
+    """A grant as told to a waiter: the token and the lease left at `now_ms` (the leader's
+    clock), which the client counts from when it sent its request (a safe lower bound)."""
+    return {"token": token, "remaining_ms": max(0, expires_ms - now_ms)}

@@ -18,6 +18,7 @@ from caddy.replication.state_machine import (
     SnapshotError,
     StateMachine,
     error_result,
+    inner_snapshot_view,
 )
 
 logger = logging.getLogger(__name__)
@@ -164,12 +165,7 @@ class SessionStateMachine(StateMachine):
             for client_id, session in self._sessions.items()
         ]
         log_time_ms = self._log_time_ms
-        inner_view = _snapshot_view_of(self.inner)
-        if inner_view is not None:
-            inner = inner_view()
-        else:
-            inner_data = self.inner.snapshot()
-            inner = lambda: inner_data  # noqa: E731
+        inner = inner_snapshot_view(self.inner)
         return lambda: pack([SNAPSHOT_VERSION, log_time_ms, sessions, inner()])
 
     def restore(self, data: bytes) -> None:
@@ -218,17 +214,6 @@ class SessionStateMachine(StateMachine):
             lowest = next(iter(results))
             del results[lowest]
             session.floor = lowest + 1
-
-
-def _snapshot_view_of(machine: StateMachine) -> Callable[[], Callable[[], bytes]] | None:
-    """`machine.snapshot_view`, unless a subclass overrides `snapshot()` below the class that
-    defines the view (the view would then make the base class's bytes, not `snapshot()`'s)."""
-    for cls in type(machine).__mro__:
-        if "snapshot_view" in vars(cls):
-            return machine.snapshot_view  # type: ignore[attr-defined]
-        if "snapshot" in vars(cls):
-            return None
-    return None
 
 
 def _acknowledge(session: Session, ack_below: int) -> None:

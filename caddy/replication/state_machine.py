@@ -6,6 +6,7 @@ deterministic: no clocks, no randomness, no iteration over unordered collections
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,6 +53,7 @@ class ErrorCode(StrEnum):
     SESSION_EXPIRED = "session_expired"  # the session expired or was evicted; use a new client id
     INVALID = "invalid"  # the payload is not a valid operation for the state machine
     APPLY_FAILED = "apply_failed"  # the inner state machine raised
+    FENCED_OUT = "fenced_out"  # a fenced write whose token no longer holds the lock
 
 
 # Results are plain maps so they cross msgpack unchanged:
@@ -67,3 +69,24 @@ def ok_result(value: Any = None) -> dict[str, Any]:
 def error_result(code: ErrorCode, detail: str) -> dict[str, Any]:
     """The result of a command that did not take effect; `detail` must be the same on every node."""
     return {"ok": False, "error": code.value, "detail": detail}
+
+
+def inner_snapshot_view(machine: StateMachine) -> Callable[[], bytes]:
+    """A function making `machine.snapshot()`'s bytes later: its `snapshot_view()` when it has
+    one, else the bytes taken now (for a layer that wraps another machine)."""
+    view = _snapshot_view_of(machine)
+    if view is not None:
+        return view()
+    data = machine.snapshot()
+    return lambda: data
+
+
+def _snapshot_view_of(machine: StateMachine) -> Callable[[], Callable[[], bytes]] | None:
+    """`machine.snapshot_view`, unless a subclass overrides `snapshot()` below the class that
+    defines the view (the view would then make the base class's bytes, not `snapshot()`'s)."""
+    for cls in type(machine).__mro__:
+        if "snapshot_view" in vars(cls):
+            return machine.snapshot_view  # type: ignore[attr-defined]
+        if "snapshot" in vars(cls):
+            return None
+    return None

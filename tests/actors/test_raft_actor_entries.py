@@ -80,7 +80,7 @@ def test_writes_that_arrive_together_share_one_entry_and_each_gets_its_answer(le
     assert transport.replies == []  # nothing is answered before a quorum has it
     acknowledge(actor, actor.core.last_index)
     assert transport.replies == [(i, "kv.ok", {"value": None}) for i in range(1, 6)]
-    assert [actor._state_machine.inner.read(f"k{i}") for i in range(1, 6)] == [1, 2, 3, 4, 5]
+    assert [actor._locking.inner.read(f"k{i}") for i in range(1, 6)] == [1, 2, 3, 4, 5]
 
 
 def test_large_writes_are_cut_into_entries_of_bounded_size(leader, monkeypatch):

@@ -73,6 +73,10 @@ class StateMachine:
     def snapshot(self) -> bytes:
         return msgpack.packb([self.applied_index, self.chain])
 
+    def snapshot_view(self) -> Callable[[], bytes]:
+        """The bytes of `snapshot()` as of now, made later (as the node's writer thread does)."""
+        return StateMachine(self.applied_index, self.chain).snapshot
+
     @classmethod
     def restore(cls, data: bytes | None) -> StateMachine:
         if not data:
@@ -104,7 +108,7 @@ class SimNode(ReadyHandler):
         self.core: RaftNode | None = None
         self.driver: RaftDriver | None = None
         self.writer: SimSnapshotWriter | None = None
-        self.sm = StateMachine()
+        self.sm = world.machine_class()
         self.incarnation = 0
         self._crash_at: int | None = None
         self._late_messages = 0  # messages of the current Ready sent after persisting
@@ -126,7 +130,7 @@ class SimNode(ReadyHandler):
             rng=self.rng,
             **self.settings.as_kwargs(),
         )
-        self.sm = StateMachine.restore(recovered.snapshot_data)
+        self.sm = self.world.machine_class.restore(recovered.snapshot_data)
         self.snapshot_asked = self.snapshot_due_since = None
         self.writer = SimSnapshotWriter(self)
         self.driver = RaftDriver(
@@ -190,7 +194,7 @@ class SimNode(ReadyHandler):
         if self.core.member_role is MemberRole.WITNESS:
             raise InvariantViolation(f"witness {self.id} installs a state machine snapshot")
         self.world.snapshots_installed += 1
-        self.sm = StateMachine.restore(snapshot.data)
+        self.sm = self.world.machine_class.restore(snapshot.data)
         self.world.check_installed(self)
 
     def apply(self, entries: list[Entry]) -> None:
@@ -203,12 +207,11 @@ class SimNode(ReadyHandler):
             self.world.client.read_served(self, read)
 
     def snapshot_view(self) -> Callable[[], bytes]:
-        applied_index, chain = self.sm.applied_index, self.sm.chain  # a copy, as the node takes
-        if applied_index != self.core.applied_index:
+        if self.sm.applied_index != self.core.applied_index:
             raise InvariantViolation(
-                f"{self.id} snapshots at {applied_index}, not the applied index"
+                f"{self.id} snapshots at {self.sm.applied_index}, not the applied index"
             )
-        return lambda: StateMachine(applied_index, chain).snapshot()
+        return self.sm.snapshot_view()
 
     def snapshot_taken(self, meta: SnapshotMeta) -> None:
         self.world.snapshots_taken += 1
@@ -454,7 +457,12 @@ class Schedule:
 
 
 class World:
-    """The simulation of one seed: nodes, network, client, faults and the invariant checks."""
+    """The simulation of one seed: nodes, network, client, faults and the invariant checks.
+    A subclass may replicate another state machine or run another client (`machine_class`,
+    `client_class`)."""
+
+    machine_class: type[StateMachine] = StateMachine
+    client_class: type[Client] = Client
 
     def __init__(self, seed: int, schedule: Schedule | None = None) -> None:
         self.seed = seed
@@ -492,7 +500,7 @@ class World:
             )
             for node_id in self.scenario.all_ids
         }
-        self.client = Client(self)
+        self.client = self.client_class(self)
         self.down_until: dict[str, int] = {}
         self.flapping: tuple[set[tuple[str, str]], int] | None = None
         # Global knowledge for the invariants.
@@ -907,9 +915,9 @@ class World:
                 raise InvariantViolation(f"{node_id} misses acknowledged writes")
 
 
-def run_seed(seed: int, schedule: Schedule | None = None) -> World:
+def run_seed(seed: int, schedule: Schedule | None = None, world_class: type[World] = World):
     """Run one seed to the end; raises InvariantViolation (with the seed) on any failure."""
-    world = World(seed, schedule)
+    world = world_class(seed, schedule)
     try:
         world.run()
     except Exception as error:

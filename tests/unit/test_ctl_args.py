@@ -247,3 +247,31 @@ def test_an_unexpected_error_while_loading_the_topology_is_one_line(topology, mo
         one_line(capsys)
         == "caddy-ctl: unexpected error: RecursionError: maximum recursion depth exceeded"
     )
+
+
+def test_lock_takes_a_name_a_ttl_a_wait_and_the_command_after_the_double_dash():
+    args = ctl.parse_args(["--topology", "t.yaml", "lock", "job", "--wait", "0", "--", "ls", "-l"])
+    assert (args.name, args.ttl, args.wait, args.run) == ("job", 10.0, 0.0, ["ls", "-l"])
+    held = ctl.parse_args(["--topology", "t.yaml", "lock", "job", "--ttl", "2.5", "--wait", "3"])
+    assert (held.ttl, held.wait, held.run) == (2.5, 3.0, [])
+    with pytest.raises(argparse.ArgumentTypeError, match="at most 128 characters"):
+        ctl.lock_name("x" * 129)
+    with pytest.raises(argparse.ArgumentTypeError, match="finite number"):
+        ctl.wait_seconds("-1")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["lock"],
+        ["lock", ""],
+        ["lock", "job", "--ttl", "0"],
+        ["lock", "job", "--wait", "nan"],
+        ["put", "k", "v", "--", "ls"],
+    ],
+)
+def test_a_bad_lock_command_line_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as raised:
+        ctl.parse_args(["--topology", "t.yaml", *argv])
+    assert raised.value.code == ctl.EXIT_USAGE
+    assert capsys.readouterr().err.splitlines()[-1].startswith("caddy-ctl")

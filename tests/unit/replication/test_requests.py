@@ -3,6 +3,7 @@
 import pytest
 
 from caddy.replication.commands import decode_batch, decode_kv
+from caddy.replication.locks import ACQUIRE, FENCE, RELEASE, RENEW, decode_lock
 from caddy.replication.requests import RequestError, parse_request, result_reply, writes_entry
 from caddy.replication.state_machine import ErrorCode, error_result, ok_result
 
@@ -31,6 +32,30 @@ def test_cas_carries_expected_and_new_and_delete_only_the_key():
     assert (cas.op.value, cas.expected, cas.value) == ("cas", None, True)
     delete = decode_kv(parse_request("kv.delete", {"key": "k", **SESSION}).payload)
     assert (delete.op.value, delete.key) == ("delete", "k")
+
+
+def test_lock_requests_become_lock_commands_in_the_session():
+    lock = parse_request(
+        "kv.lock", {"name": "a", "owner": "o", "ttl_ms": 1000, "wait_ms": 50, **SESSION}
+    )
+    assert (lock.op, lock.key, lock.client_id, lock.seq) == ("lock", "a", "c1", 3)
+    assert decode_lock(lock.payload) == (ACQUIRE, "a", "o", 1000, 50)
+    renew = parse_request("kv.renew", {"name": "a", "owner": "o", "token": 9, **SESSION})
+    assert decode_lock(renew.payload) == (RENEW, "a", "o", 9, 0)
+    unlock = parse_request("kv.unlock", {"name": "a", "owner": "o", **SESSION})
+    assert decode_lock(unlock.payload) == (RELEASE, "a", "o", 0, 0)
+    wait = parse_request("kv.lock_wait", {"name": "a", "owner": "o"})
+    assert (wait.op, wait.key, wait.owner, wait.payload) == ("lock_wait", "a", "o", b"")
+
+
+def test_a_fenced_write_wraps_the_key_value_payload_with_the_lock_and_token():
+    request = parse_request("kv.put", {"key": "k", "value": 1, "fence": ["a", 4], **SESSION})
+    op, name, _, token, inner = decode_lock(request.payload)
+    assert (op, name, token, decode_kv(inner).key) == (FENCE, "a", 4, "k")
+    with pytest.raises(RequestError, match="a fence is"):
+        parse_request("kv.put", {"key": "k", "value": 1, "fence": "a", **SESSION})
+    with pytest.raises(RequestError, match="token"):
+        parse_request("kv.put", {"key": "k", "value": 1, "fence": ["a", 0], **SESSION})
 
 
 def test_a_get_is_a_read_without_a_session():

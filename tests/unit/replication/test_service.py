@@ -3,8 +3,14 @@ term changes, timeouts, lost leadership, and reads through their three stages.""
 
 from caddy.replication import KeyValueStore, SessionStateMachine
 from caddy.replication.commands import decode_batch
+from caddy.replication.locks import LockChange, LockView
 from caddy.replication.requests import parse_request
-from caddy.replication.service import NO_READS, KeyValueService
+from caddy.replication.service import (
+    LOCK_NOT_WAITING,
+    LOCK_STILL_QUEUED,
+    NO_READS,
+    KeyValueService,
+)
 from caddy.replication.state_machine import ErrorCode, error_result, ok_result
 from caddy.sizes import MIN_MESSAGE_BYTES, max_write_bytes
 from tests.sizing import value_for_payload
@@ -354,4 +360,90 @@ def test_replies_accumulate_in_order_until_taken():
     kv.committed(1, 1, [ok_result()])
     replies = kv.take_replies()
     assert [route for route, _, _ in replies] == ["bad", "x", "w"]
+    assert kv.take_replies() == []
+
+
+# ----- lock waits -----------------------------------------------------------------------------
+
+
+class Waits:
+    """A lock table's views for the service, at a settable leader clock."""
+
+    def __init__(self):
+        self.views = {}
+        self.now_ms = 1000
+
+    def __call__(self, name, owner):
+        return self.views.get((name, owner), LockView(None, 0, False)), self.now_ms
+
+
+def waiting_service():
+    waits = Waits()
+    kv = KeyValueService(
+        node_id="n1",
+        request_timeout_s=TIMEOUT_S,
+        read=None,
+        max_message_bytes=16 << 20,
+        lock_view=waits,
+    )
+    return kv, waits
+
+
+def lock_wait(kv, route, owner="bob", leader=True):
+    kv.request(
+        route, "kv.lock_wait", {"name": "a", "owner": owner}, leader=leader, leader_hint="n2"
+    )
+
+
+def test_a_lock_wait_is_answered_at_once_when_granted_or_not_waiting_and_redirected_by_followers():
+    kv, waits = waiting_service()
+    waits.views[("a", "bob")] = LockView(7, 1300, False)
+    lock_wait(kv, "granted")
+    lock_wait(kv, "stranger", owner="eve")
+    lock_wait(kv, "follower", leader=False)
+    assert kv.take_replies() == [
+        ("granted", "kv.ok", {"value": {"token": 7, "remaining_ms": 300}}),
+        ("stranger", "kv.ok", {"value": LOCK_NOT_WAITING}),
+        ("follower", "kv.redirect", {"leader": "n2"}),
+    ]
+    assert kv.take_proposal(0) is None  # a wait is never a write
+
+
+def test_a_parked_lock_wait_is_answered_by_the_grant_or_by_the_end_of_the_wait():
+    kv, waits = waiting_service()
+    waits.views[("a", "bob")] = waits.views[("a", "carol")] = LockView(None, 0, True)
+    lock_wait(kv, "bob's")
+    lock_wait(kv, "carol's", owner="carol")
+    assert kv.take_replies() == []
+    kv.locks_changed(
+        [LockChange("a", "bob", 8, 2500), LockChange("a", "carol", None, 0)], now_ms=2000
+    )
+    assert kv.take_replies() == [
+        ("bob's", "kv.ok", {"value": {"token": 8, "remaining_ms": 500}}),
+        ("carol's", "kv.ok", {"value": LOCK_NOT_WAITING}),
+    ]
+    kv.locks_changed([LockChange("a", "bob", 9, 2500)], now_ms=2000)  # no one parked: nothing
+    assert kv.take_replies() == []
+
+
+def test_a_parked_lock_wait_is_told_still_queued_after_one_to_two_expiry_rounds():
+    kv, waits = waiting_service()
+    waits.views[("a", "bob")] = LockView(None, 0, True)
+    lock_wait(kv, "first")
+    kv.expire(0.0)
+    assert kv.take_replies() == []
+    lock_wait(kv, "again")  # a re-ask replaces the earlier wait, which is never answered
+    kv.expire(0.1)
+    assert kv.take_replies() == []
+    kv.expire(0.2)
+    assert kv.take_replies() == [("again", "kv.ok", {"value": LOCK_STILL_QUEUED})]
+
+
+def test_losing_leadership_answers_parked_lock_waits_with_retry():
+    kv, waits = waiting_service()
+    waits.views[("a", "bob")] = LockView(None, 0, True)
+    lock_wait(kv, "parked")
+    kv.fail_pending("leadership lost")
+    assert kv.take_replies() == [("parked", "kv.error", retry_error("leadership lost"))]
+    kv.locks_changed([LockChange("a", "bob", 8, 2500)], now_ms=2000)
     assert kv.take_replies() == []
