@@ -246,3 +246,35 @@ class LocalCluster:
     def cleanup(self) -> None:
         """Kill every process this cluster ever started (restarted ones included)."""
         self.processes.cleanup()
+
+
+class Firewall:
+    """iptables DROP rules between the per-node 127.x.y.z addresses of a local cluster (root
+    only): `cut(a, b)` drops both directions, `heal()` removes every rule this firewall added
+    (they are tagged with a comment of their own)."""
+
+    def __init__(self):
+        self.tag = f"caddy-test-{os.getpid()}-{random.randrange(1 << 30)}"
+        self.rules: list[list[str]] = []
+
+    def cut(self, a: str, b: str) -> None:
+        for source, destination in ((a, b), (b, a)):
+            rule = [
+                "INPUT",
+                "-s",
+                source,
+                "-d",
+                destination,
+                "-j",
+                "DROP",
+                "-m",
+                "comment",
+                "--comment",
+                self.tag,
+            ]
+            subprocess.run(["iptables", "-I", *rule], check=True)
+            self.rules.append(rule)
+
+    def heal(self) -> None:
+        while self.rules:
+            subprocess.run(["iptables", "-D", *self.rules.pop()], check=True)

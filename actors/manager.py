@@ -15,6 +15,8 @@ import pykka
 
 from actors.events import EventBus, Subscription
 from actors.gossip_actor import gossip_view
+from actors.leadership import EVENT_KINDS as LEADERSHIP_EVENTS
+from actors.leadership import LeadershipRunner, LeadershipToken
 from actors.reading_inbox import ReadRouters
 from actors.status_board import StatusBoard
 from actors.subsystems import DEFAULT_SUBSYSTEMS, NodeContext, SubsystemSpec
@@ -110,6 +112,16 @@ class ClusterManager:
         callback on a thread of its own: a callback that raises is logged and called again for
         the next event; it never slows or stops the node."""
         return self.events.subscribe(target, kinds=kinds)
+
+    def on_leadership(self, callback: Callable[[LeadershipToken], Any]) -> Subscription:
+        """Run `callback(token)` on a thread of its own whenever this node becomes leader; the
+        token (an int: the term, greater for every later leadership) is the fencing token to
+        present to resources, and `token.lost` is set when the leadership ends (lost, or the
+        node stopping): the callback's cancellation. Call it before `start()` not to miss the
+        first leadership."""
+        return self.events.subscribe(
+            LeadershipRunner(self.node_id, callback), kinds=LEADERSHIP_EVENTS
+        )
 
     def stop(self, graceful: bool = True) -> None:
         """Stop the node. Gracefully: a leader hands leadership over and drains its requests."""

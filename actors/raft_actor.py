@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -50,6 +51,7 @@ from caddy.replication.locks import LockView, SweepTimer, sweep_entry, with_lock
 from caddy.replication.service import KeyValueService
 from caddy.replication.state_machine import StateMachine
 from caddy.storage import SqliteLogStorage
+from caddy.storage.vote_records import VoteRecords, vote_document
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ SNAPSHOT_JITTER_PERCENT = 50
 # The node events the actor is told: the FencingActor's quorum verdict, which the key-value
 # service answers `no_quorum` by.
 EVENTS_TOLD = (QuorumLost.kind, QuorumRegained.kind)
+RECENT_VOTES = 32  # the `votes` status section's length (the file keeps many more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,9 @@ class ThreadSnapshotWriter:
 class RaftActor(pykka.ThreadingActor, ReadyHandler):
     """One node's Raft driver. Peer `raft.*` and client `kv.*` frames arrive in `InboundBatch`es.
 
-    `storage`: any `LogStorage`; the node's SQLite log under its data dir unless given."""
+    `storage`: any `LogStorage`; the node's SQLite log under its data dir unless given (and
+    then its vote record file beside it, `caddy.storage.vote_records`; with a given storage,
+    votes are kept in memory only)."""
 
     def __init__(
         self,
@@ -133,11 +138,17 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self._transport = transport
         self._state_machine, self._locking = with_locks(state_machine)
         self._sweeps = SweepTimer()
+        self._vote_records: VoteRecords | None = None
         if storage is None:
             storage = SqliteLogStorage(
                 config.node_data_dir(node_id), node_id=node_id, cluster=config.cluster
             )
+            self._vote_records = VoteRecords(config.node_data_dir(node_id))
         self._storage = storage
+        earlier = self._vote_records.load() if self._vote_records else []
+        self._recent_votes: deque[dict[str, Any]] = deque(earlier, maxlen=RECENT_VOTES)
+        self._votes_taken = 0
+        self._votes_section = self._votes_document()
         recovered = self._storage.load()
         if recovered.snapshot_data:
             self._state_machine.restore(recovered.snapshot_data)
@@ -176,6 +187,7 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self._leading = False
         self._publish_status()
         board.contribute("raft", self._status_section, top_level=True)
+        board.contribute("votes", lambda: self._votes_section)
 
     @staticmethod
     def _create_actor_inbox() -> ReadingInbox:
@@ -267,6 +279,8 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self._propose()
         self._start_read_round()
         self.driver.process()
+        if self.core.votes_recorded != self._votes_taken:
+            self._record_votes()
         membership = self.core.membership
         if membership is not self._membership:  # the core holds a new value at each change
             previous, self._membership = self._membership, membership
@@ -394,6 +408,21 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             pending_writes=self.service.pending_writes,
             followers=core.follower_progress(),
         )
+
+    def _record_votes(self) -> None:
+        """The votes the core decided since the last Ready: into the record file and the
+        `votes` status section (replaced whole: other threads read it)."""
+        core = self.core
+        made, self._votes_taken = core.votes_recorded - self._votes_taken, core.votes_recorded
+        now = time.time()
+        documents = [vote_document(record, now) for record in core.vote_audit[-made:]]
+        self._recent_votes.extend(documents)
+        if self._vote_records is not None:
+            self._vote_records.append(documents)
+        self._votes_section = self._votes_document()
+
+    def _votes_document(self) -> dict[str, Any]:
+        return {"recent": list(self._recent_votes)}
 
     def _status_section(self) -> dict[str, Any]:
         """Called on the asking thread: reads the posted snapshot only."""

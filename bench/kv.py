@@ -190,8 +190,18 @@ async def _async_load(
 
 
 def _operation(client: Client, op: str, tag: str, value: bytes) -> Callable[[int], Any]:
+    """One closed-loop step of `op`: put, get, and for bench/locks.py put-fenced (writes fenced
+    by a lock this client holds throughout), lock-cycle (acquire and release a name of its own)
+    and lock-contend (wait in line for one name shared by every client, then release)."""
     if op == "put":
         return lambda i: client.put(f"w-{tag}-{i}", value)
+    if op == "put-fenced":
+        lock = client.lock(f"fence-{tag}", ttl=30.0)
+        return lambda i: client.put(f"w-{tag}-{i}", value, fence=lock)
+    if op == "lock-cycle":
+        return lambda i: client.lock(f"cycle-{tag}", ttl=10.0).release()
+    if op == "lock-contend":
+        return lambda i: client.lock("contended", ttl=10.0, wait=60.0).release()
     return lambda i: client.get(f"r-{i % READ_KEYS}")
 
 

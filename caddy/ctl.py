@@ -14,7 +14,7 @@ Every argument is checked before anything goes on the network:
 - `KEY`: a non-empty string; `VALUE`, `EXPECTED`, `NEW`: strings (stored as given, never parsed as
   JSON), possibly empty. All must be valid UTF-8 and, together, within the largest write of the
   topology (`transport.max_message_bytes` less 4 KiB of framing, see `caddy.sizes`).
-- `NODE` (status): non-empty, and one of the topology's node ids.
+- `NODE` (status, votes): non-empty, and one of the topology's node ids.
 - `lock NAME`: NAME of 1 to 128 characters; `--ttl` as `--timeout`, `--wait` 0 to one hour; the
   COMMAND after `--` runs with the token in `$CADDY_FENCING_TOKEN` and its exit status is
   caddy-ctl's (127 when it cannot be started; 1 when it succeeded but the lock was lost while it
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("node", nargs="?", type=non_empty_text, metavar="NODE", help="this node")
     commands.add_parser("members", help="the gossip view of the membership")
     commands.add_parser("quorum", help="per node: whether it can reach a quorum, and whom")
+    votes = commands.add_parser("votes", help="NODE's latest votes: term, candidate, granted, why")
+    votes.add_argument("node", type=non_empty_text, metavar="NODE")
     put = commands.add_parser("put", help="store VALUE (a string) under KEY")
     put.add_argument("key", type=non_empty_text, metavar="KEY")
     put.add_argument("value", type=text_value, metavar="VALUE")
@@ -179,11 +181,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def topology_problem(config: ClusterConfig, args: argparse.Namespace) -> str | None:
     """Why `args` cannot be sent to the cluster of `config` (one line), or None."""
-    if args.command == "status" and args.node is not None:
+    if args.command in ("status", "votes") and args.node is not None:
         known = [node.id for node in config.nodes]
         if args.node not in known:
             return (
-                f"status: no node {_shown(args.node)} in {config.source} "
+                f"{args.command}: no node {_shown(args.node)} in {config.source} "
                 f"(nodes: {', '.join(known)})"
             )
     request = _kv_request(args)
@@ -367,6 +369,27 @@ def _quorum_row(node_id: str, view: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _votes(client: Client, args: argparse.Namespace) -> int:
+    """The node's latest vote decisions, oldest first (its `votes` status section)."""
+    votes = client.status(args.node).get("votes", {}).get("recent", [])
+    if args.json:
+        print(json.dumps({"node": args.node, "votes": votes}, indent=2, sort_keys=True))
+        return EXIT_OK
+    rows = [
+        [
+            time.strftime("%H:%M:%S", time.localtime(vote["time"])),
+            str(vote["term"]),
+            vote["candidate"],
+            "pre-vote" if vote["pre_vote"] else "vote",
+            "yes" if vote["granted"] else "no",
+            vote["reason"],
+        ]
+        for vote in votes
+    ]
+    print(_table(["time", "term", "candidate", "kind", "granted", "reason"], rows))
+    return EXIT_OK
+
+
 def _members(client: Client, args: argparse.Namespace) -> int:
     members = client.members()
     if args.json:
@@ -456,6 +479,7 @@ _COMMANDS = {
     "status": _status,
     "members": _members,
     "quorum": _quorum,
+    "votes": _votes,
     "put": _put,
     "get": _get,
     "delete": _delete,

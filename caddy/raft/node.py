@@ -161,6 +161,7 @@ class RaftNode:
         self._transfer_elapsed = 0
         self._snapshot_requested = False
         self._vote_audit: deque[VoteRecord] = deque(maxlen=vote_audit_size)
+        self._votes_recorded = 0  # every record ever made, so a driver can take the new ones
         self._prev_hard_state = hard_state
         self._prev_soft_state = self.soft_state()
 
@@ -186,6 +187,11 @@ class RaftNode:
     def vote_audit(self) -> list[VoteRecord]:
         """The most recent vote decisions, oldest first."""
         return list(self._vote_audit)
+
+    @property
+    def votes_recorded(self) -> int:
+        """How many vote decisions this node made since it started (the audit keeps the last)."""
+        return self._votes_recorded
 
     @property
     def transferee(self) -> str | None:
@@ -1038,6 +1044,7 @@ class RaftNode:
         self._tally_votes()
 
     def _audit(self, message: RequestVote, granted: bool, reason: str) -> None:
+        self._votes_recorded += 1
         self._vote_audit.append(
             VoteRecord(message.term, message.sender, granted, message.pre_vote, reason)
         )

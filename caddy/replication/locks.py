@@ -350,16 +350,17 @@ class LockingStateMachine(StateMachine):
     goes to `inner` only while its token holds the lock (else `fenced_out`), anything else goes
     to `inner` as it is. `clock()` is the log time (`SessionStateMachine.log_time_ms`)."""
 
-    __slots__ = ("inner", "locks", "clock")
+    __slots__ = ("inner", "locks", "clock", "_inner_apply")
 
     def __init__(self, inner: StateMachine, clock: Callable[[], int]) -> None:
         self.inner = inner
         self.locks = LockTable()
         self.clock = clock
+        self._inner_apply = inner.apply  # bound once: this runs for every write
 
     def apply(self, command: bytes) -> Any:
-        if not is_lock_command(command):
-            return self.inner.apply(command)  # every key-value write
+        if command[:1] != _LOCK_COMMAND_PREFIX:  # `is_lock_command`, without the call
+            return self._inner_apply(command)  # every key-value write
         try:
             op, name, owner, number, extra = decode_lock(command)
         except CommandError as error:

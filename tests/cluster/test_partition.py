@@ -3,11 +3,11 @@
 import os
 import random
 import shutil
-import subprocess
 import time
 
 import pytest
 
+from actors.local_cluster import Firewall
 from caddy.client import Client
 from tests.harness import LocalCluster, wait_until, write_topology
 
@@ -15,36 +15,6 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("iptables") is None,
     reason="partition tests need root and iptables (.ci/run installs iptables when root)",
 )
-
-
-class Firewall:
-    """DROP rules between addresses, tagged so that every rule this test added is removed."""
-
-    def __init__(self):
-        self.tag = f"caddy-test-{os.getpid()}-{random.randrange(1 << 30)}"
-        self.rules: list[list[str]] = []
-
-    def cut(self, a: str, b: str) -> None:
-        for source, destination in ((a, b), (b, a)):
-            rule = [
-                "INPUT",
-                "-s",
-                source,
-                "-d",
-                destination,
-                "-j",
-                "DROP",
-                "-m",
-                "comment",
-                "--comment",
-                self.tag,
-            ]
-            subprocess.run(["iptables", "-I", *rule], check=True)
-            self.rules.append(rule)
-
-    def heal(self) -> None:
-        while self.rules:
-            subprocess.run(["iptables", "-D", *self.rules.pop()], check=True)
 
 
 @pytest.fixture
