@@ -191,8 +191,9 @@ async def _async_load(
 
 def _operation(client: Client, op: str, tag: str, value: bytes) -> Callable[[int], Any]:
     """One closed-loop step of `op`: put, get, and for bench/locks.py put-fenced (writes fenced
-    by a lock this client holds throughout), lock-cycle (acquire and release a name of its own)
-    and lock-contend (wait in line for one name shared by every client, then release)."""
+    by a lock this client holds throughout), lock-cycle (acquire and release a name of its own;
+    lock-cycle-nowait without waiting for the release's commit) and lock-contend (wait in line
+    for one name shared by every client, then release)."""
     if op == "put":
         return lambda i: client.put(f"w-{tag}-{i}", value)
     if op == "put-fenced":
@@ -200,6 +201,8 @@ def _operation(client: Client, op: str, tag: str, value: bytes) -> Callable[[int
         return lambda i: client.put(f"w-{tag}-{i}", value, fence=lock)
     if op == "lock-cycle":
         return lambda i: client.lock(f"cycle-{tag}", ttl=10.0).release()
+    if op == "lock-cycle-nowait":  # the release not waited for: it shares the next acquire's entry
+        return lambda i: client.lock(f"cycle-{tag}", ttl=10.0).release(wait=False)
     if op == "lock-contend":
         return lambda i: client.lock("contended", ttl=10.0, wait=60.0).release()
     return lambda i: client.get(f"r-{i % READ_KEYS}")

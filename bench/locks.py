@@ -102,6 +102,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             topology, op, processes, threads, args.seconds, value
         )
         results["cycle_1"] = load("lock-cycle", 1, 1)
+        results["cycle_1_nowait"] = load("lock-cycle-nowait", 1, 1)
         results["cycle_16"] = load("lock-cycle", 4, 4)
         results["contend_16"] = load("lock-contend", 4, 4)
         unfenced, fenced = [], []
@@ -134,6 +135,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], etcd: dict | None)
     figures = {
         "lock_cycles_per_s_1_client": results["cycle_1"]["ops_per_s"],
         "lock_cycle_p50_ms": results["cycle_1"]["p50_ms"],
+        "lock_cycles_per_s_1_client_release_nowait": results["cycle_1_nowait"]["ops_per_s"],
         "lock_cycles_per_s_16_clients": results["cycle_16"]["ops_per_s"],
         "handovers_per_s_16_clients_one_name": results["contend_16"]["ops_per_s"],
         "unfenced_write_ops_per_s": round(unfenced),
@@ -141,13 +143,20 @@ def report(args: argparse.Namespace, results: dict[str, Any], etcd: dict | None)
         "fenced_over_unfenced": round(fenced / unfenced, 3),
         "write_rounds": writes,
         **results["partition"],
-        "client_errors": sum(results[k]["errors"] for k in ("cycle_1", "cycle_16", "contend_16")),
+        "client_errors": sum(
+            results[k]["errors"] for k in ("cycle_1", "cycle_1_nowait", "cycle_16", "contend_16")
+        ),
     }
     if etcd is not None:
         figures["etcd"] = etcd
         figures["vs_etcd"] = {
             "lock_cycles_1_client": round(
                 figures["lock_cycles_per_s_1_client"] / etcd["lock_cycles_per_s_1_client"], 2
+            ),
+            "lock_cycles_1_client_release_nowait": round(
+                figures["lock_cycles_per_s_1_client_release_nowait"]
+                / etcd["lock_cycles_per_s_1_client"],
+                2,
             ),
             "handovers_16_clients": round(
                 figures["handovers_per_s_16_clients_one_name"]

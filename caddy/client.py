@@ -18,7 +18,7 @@ import zmq
 from caddy.bounds import MAX_NAME_LENGTH
 from caddy.config import ClusterConfig, load_topology
 from caddy.errors import CaddyError, Timeout, Unavailable, WireError
-from caddy.lock import RENEWALS_PER_TTL, Lock
+from caddy.lock import LeaseKeeper, Lock
 from caddy.replication.locks import MAX_TTL_MS
 from caddy.request_policy import (
     RequestFailed,
@@ -55,6 +55,7 @@ class Client:
         self._seq = 0
         self._leader: str | None = None
         self._node_ids = [node.id for node in self.config.nodes if node.role != "witness"]
+        self._keeper: LeaseKeeper | None = None  # renews this client's locks, from the first
 
     def __enter__(self) -> Client:
         return self
@@ -63,6 +64,10 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the sockets and stop renewing leases (locks still held then lapse)."""
+        if self._keeper is not None:
+            self._keeper.close()
+            self._keeper = None
         for sock in self._sockets.values():
             sock.close(0)
         self._sockets.clear()
@@ -111,13 +116,14 @@ class Client:
             value = self._call("kv.lock_wait", names)  # the leader answers within ~0.2 s
         lease_s = value.get("remaining_ms", ttl_ms) / 1000
         token = value["token"]
-        renewing = Client(self.config, timeout=ttl / RENEWALS_PER_TTL)
 
-        def renew() -> float | None:
+        def renew(renewing: Client) -> float | None:
             started = time.monotonic()
             renewed = renewing._write("kv.renew", {**names, "token": token})
             return started + ttl if renewed["token"] is not None else None
 
+        if self._keeper is None:
+            self._keeper = LeaseKeeper(lambda: Client(self.config))
         return Lock(
             name,
             owner,
@@ -125,8 +131,8 @@ class Client:
             ttl,
             sent + lease_s,
             renew=renew,
-            release=lambda: self._write("kv.unlock", names),
-            renewer_done=renewing.close,
+            release=lambda wait: (self._write if wait else self._send_write)("kv.unlock", names),
+            keeper=self._keeper,
         )
 
     def _give_up_waiting(self, names: dict[str, str], queued: bool) -> None:
@@ -154,6 +160,22 @@ class Client:
             # The cluster applied nothing: the same write opens a new session.
             self.client_id, self._seq = uuid.uuid4().hex, 0
             return self._write_in_session(kind, body)
+
+    def _send_write(self, kind: str, body: dict[str, Any]) -> None:
+        """Send a write to the known leader without waiting for its answer (which is skipped
+        when it comes, by its request id); with no leader known, write and wait. The write is
+        never retried: the next write acknowledges its seq."""
+        if self._leader is None:
+            self._write(kind, body)
+            return
+        self._seq += 1
+        envelope = {**body, "client": self.client_id, "seq": self._seq, "ack": self._seq}
+        try:
+            self._socket(self._leader).send(
+                self._codec.encode(kind, envelope, next(self._request_ids)), zmq.NOBLOCK
+            )
+        except zmq.Again:  # its queue is full: the leader is long gone
+            self._write(kind, body)
 
     def _write_in_session(self, kind: str, body: dict[str, Any]) -> Any:
         self._seq += 1  # a retry of this write reuses the number: the cluster applies it once

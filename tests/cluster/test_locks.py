@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -105,3 +106,26 @@ def test_caddy_ctl_lock_runs_a_command_holding_the_lock_with_its_token(cluster):
     with Client(cluster.topology) as client, client.lock("busy", ttl=10):
         refused = run_ctl(cluster.topology, "lock", "busy", "--wait", "0.5", "--", "true")
         assert refused.returncode == 1 and "not acquired" in refused.stderr
+
+
+def test_a_release_not_waited_for_comes_before_the_same_clients_next_acquire(cluster):
+    with Client(cluster.topology, timeout=10) as client, Client(cluster.topology) as other:
+        tokens = []
+        for _ in range(20):
+            lock = client.lock("loop", ttl=5)  # no wait: the release sent before must be applied
+            tokens.append(lock.token)
+            lock.release(wait=False)
+        assert tokens == sorted(set(tokens))
+        assert other.lock("loop", ttl=5, wait=5).token > tokens[-1]
+
+
+def test_a_held_lock_is_renewed_in_the_background_past_its_ttl(cluster):
+    with Client(cluster.topology, timeout=10) as client, Client(cluster.topology) as other:
+        with client.lock("renewed", ttl=0.6) as lock:
+            until = time.monotonic() + 5 * lock.ttl  # the thing under test is time passing
+            while time.monotonic() < until:
+                assert lock.held()
+                time.sleep(0.05)
+            client.put("out", "still mine", fence=lock)  # the cluster agrees it still holds
+            with pytest.raises(Timeout):
+                other.lock("renewed", ttl=5)
