@@ -407,6 +407,7 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             snapshot_index=core.log.snapshot.index,
             pending_writes=self.service.pending_writes,
             followers=core.follower_progress(),
+            last_step_down=core.step_down_reason,
         )
 
     def _record_votes(self) -> None:

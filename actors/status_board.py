@@ -30,6 +30,7 @@ class RaftStatus:
     pending_writes: int = 0
     # A leader's view of each follower: {"match": index, "state": probe|replicate|snapshot}.
     followers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_step_down: str | None = None  # why this node last stopped leading (None: never did)
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,6 +162,7 @@ class RaftNode:
         self._snapshot_requested = False
         self._vote_audit: deque[VoteRecord] = deque(maxlen=vote_audit_size)
         self._votes_recorded = 0  # every record ever made, so a driver can take the new ones
+        self.step_down_reason: str | None = None  # why this node last stopped leading, if so
         self._prev_hard_state = hard_state
         self._prev_soft_state = self.soft_state()
 
@@ -237,6 +238,11 @@ class RaftNode:
         """Handle one message from a peer (already validated by `codec.from_wire`)."""
         kind = type(message)
         if message.term > self.term:
+            if self.state is StateRole.LEADER:
+                self.step_down_reason = (
+                    f"{message.sender} was in term {message.term}, above this leader's "
+                    f"{self.term} ({kind.__name__})"
+                )
             if kind is RequestVote:
                 if not message.transfer and self._in_lease():
                     self._audit(message, False, "ignored: a leader is still in its lease")
@@ -268,7 +274,7 @@ class RaftNode:
         elif kind is SnapshotResponse:
             self._handle_snapshot_response(message)
         elif kind is TimeoutNow:
-            if self.state is not StateRole.LEADER and self._promotable():
+            if self.state is not StateRole.LEADER and self.id in self.membership.voters:
                 logger.info("%s: campaigning on TimeoutNow from %s", self.id, message.sender)
                 self._campaign(pre_vote=False, transfer=True)
 
@@ -300,6 +306,8 @@ class RaftNode:
         """Ask for a linearizable read; a ReadState with `context` comes out in a later Ready."""
         if self.state is not StateRole.LEADER:
             raise NotLeader(self.leader)
+        if self.member_role is MemberRole.WITNESS:
+            raise NotLeader(None)  # it keeps no state machine to read from
         if not self._committed_in_term():
             self._reads_awaiting_commit.append(context)
         else:
@@ -479,15 +487,21 @@ class RaftNode:
     # ------------------------------------------------------------------ roles
 
     def _draw_election_timeout(self) -> int:
-        return self._rng.randint(self._election_ticks_min, self._election_ticks_max)
+        """A witness waits a whole election timeout longer than any data voter: it campaigns
+        only when no data voter could win (see `_witness_hands_over`)."""
+        timeout = self._rng.randint(self._election_ticks_min, self._election_ticks_max)
+        if self.member_role is MemberRole.WITNESS:
+            timeout += self._election_ticks_max
+        return timeout
 
     def _promotable(self) -> bool:
-        """Voters campaign; so does a voter whose removal is appended but not yet committed.
+        """Voters campaign, and witnesses (later: `_draw_election_timeout`); so does a voter
+        whose removal is appended but not yet committed.
 
         Otherwise a leader that removed itself and then lost leadership could hold the only
         copy (with witnesses, which never lead) of the newest entries, and nobody could win.
         """
-        if self.id in self.membership.voters:
+        if self.id in self.membership.voters or self.id in self.membership.witnesses:
             return True
         if self._config_entries and self._config_entries[-1][0] > self.log.commit:
             return self.id in self._membership_at(self._config_entries[-1][0] - 1).voters
@@ -579,6 +593,19 @@ class RaftNode:
         # A no-op of our own term lets earlier entries commit (Raft paper section 5.4.2).
         self.log.append([Entry(next_index, self.term, EntryKind.NOOP)])
         self._broadcast_append(send_empty=True)
+        self._witness_hands_over()
+
+    def _witness_hands_over(self) -> None:
+        """A witness that leads does so only to bring a data voter up to date and hand it the
+        leadership (TiKV's witness design): with 2 data voters and a witness, the survivor of a
+        leader's death may lack entries only the witness has, so the witness refuses it its
+        vote, and without this nobody could win. It serves no client, sends no snapshot (it has
+        no state), and transfers to the most caught-up data voter, again after each timeout."""
+        if self.member_role is not MemberRole.WITNESS or self._transferee is not None:
+            return
+        target = self.transfer_candidate()
+        if target is not None:
+            self.transfer_leadership(target)
 
     def _add_progress(self, peer: str, next_index: int) -> None:
         progress = Progress(next_index, self._max_inflight)
@@ -590,8 +617,14 @@ class RaftNode:
         self._election_elapsed += 1
         if self._election_elapsed >= self._election_ticks_min:
             self._election_elapsed = 0
-            if self._check_quorum and not self._quorum_recently_active():
-                logger.info("%s: stepping down, no quorum heard in term %d", self.id, self.term)
+            if self._check_quorum and (heard := self._recently_active()) < quorum_size(
+                len(self._voting)
+            ):
+                self.step_down_reason = (
+                    f"CheckQuorum in term {self.term}: heard from {heard} of "
+                    f"{len(self._voting)} voting members within an election timeout"
+                )
+                logger.info("%s: stepping down: %s", self.id, self.step_down_reason)
                 self._become_follower(self.term, None)
                 return
         if self._transferee is not None:
@@ -599,6 +632,7 @@ class RaftNode:
             if self._transfer_elapsed >= self._election_ticks_min:
                 logger.info("%s: leadership transfer to %s timed out", self.id, self._transferee)
                 self._transferee = None
+                self._witness_hands_over()
         if self._heartbeat_elapsed >= self._heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -620,7 +654,9 @@ class RaftNode:
             ):
                 self._send_append(peer, progress, send_empty=True)
 
-    def _quorum_recently_active(self) -> bool:
+    def _recently_active(self) -> int:
+        """The voting members heard from since the last check (this node counts), and a new
+        period starts."""
         active = 0
         for peer in self._voting:
             progress = self._progress.get(peer)
@@ -628,7 +664,7 @@ class RaftNode:
                 active += 1
         for progress in self._progress.values():
             progress.recent_active = False
-        return active >= quorum_size(len(self._voting))
+        return active
 
     # ------------------------------------------------------------------ membership
 
@@ -670,6 +706,8 @@ class RaftNode:
             raise NotLeader(self.leader)
         if self._transferee is not None:
             raise NotLeader(self._transferee)
+        if self.member_role is MemberRole.WITNESS:
+            raise NotLeader(None)  # a witness leads only to hand over: it never serves
 
     def _committed_in_term(self) -> bool:
         return self.log.term_at(self.log.commit) == self.term
@@ -689,6 +727,8 @@ class RaftNode:
         prev_index = progress.next - 1
         prev_term = log.term_at(prev_index)
         if prev_term is None:
+            if self.member_role is MemberRole.WITNESS:
+                return False  # it has no state to send: this follower waits for a data leader
             progress.become_snapshot(log.snapshot.index)
             self._send_snapshot_chunk(peer, progress)
             return True

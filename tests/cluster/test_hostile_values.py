@@ -10,6 +10,7 @@ import math
 import msgpack
 import pytest
 
+from actors.local_cluster import WaitTimeout
 from caddy.bounds import MAX_VALUE_DEPTH
 from caddy.client import Client, RequestFailed
 from caddy.wire import PROTOCOL_VERSION, Codec
@@ -58,6 +59,7 @@ CLIENT_FRAMES = [
     body_with("kv.batch", {}, "requests", sender="c1"),
 ]
 PEER_DROPS = {"malformed": 3, "raft-body": 5, "swim-body": 2}
+ROUNDS, ROUND_S = 4, 5.0  # rounds of sending, and how long each waits for every count
 
 
 @pytest.fixture
@@ -78,7 +80,8 @@ def test_hostile_values_kill_no_node_and_are_counted_by_peer(cluster):
         cluster.leader(client)
         client.put("before", 1)
         targets = [node_id for node_id in cluster.nodes if node_id != "n2"]  # n2 is the forged
-        for node_id in targets:
+
+        def send(node_id):
             node = cluster.config.node(node_id)
             send_each(node.address, PEER_FRAMES, peer="n2")
             send_each(node.client_address, CLIENT_FRAMES)
@@ -94,8 +97,18 @@ def test_hostile_values_kill_no_node_and_are_counted_by_peer(cluster):
                 and dropped.get("batch-item-malformed", 0) >= 1
             )
 
+        # Sent again (counts only add up) when not all were counted within a round: a forged
+        # connection under n2's link name can be displaced by n2's own link reconnecting on a
+        # loaded machine, and what it sent is then dropped unread, uncounted.
         for node_id in targets:
-            wait_until(functools.partial(counted, node_id), 20, f"{node_id} counts every drop")
+            for round_left in reversed(range(ROUNDS)):
+                send(node_id)
+                try:
+                    wait_until(functools.partial(counted, node_id), ROUND_S, f"{node_id} counts")
+                    break
+                except WaitTimeout:
+                    if not round_left:
+                        raise
 
         cluster.check_alive()
         assert {node_id: process.pid for node_id, process in cluster.nodes.items()} == pids

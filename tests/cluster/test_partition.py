@@ -55,7 +55,9 @@ def test_isolated_leader_accepts_no_write_and_converges_after_healing(cluster, f
         while time.monotonic() < deadline:
             answer = probe.gather([old], "kv.put", write, 1.0, raw=True)[old]
             assert answer is None or answer.kind != "kv.ok", answer
-        assert probe.status(old)["state"] != "leader"
+        stepped_down = probe.status(old)
+        assert stepped_down["state"] != "leader"
+        assert stepped_down["last_step_down"].startswith("CheckQuorum in term"), stepped_down
 
         firewall.heal()
 

@@ -19,11 +19,11 @@ from caddy.raft.driver import RaftDriver, ReadyHandler, write_snapshot_file
 from caddy.raft.errors import RequestRejected
 from caddy.raft.membership import ChangeKind, MemberRole, members, role_of
 from caddy.raft.memory_storage import MemoryLogStorage
-from caddy.raft.messages import Message
+from caddy.raft.messages import InstallSnapshot, Message
 from caddy.raft.node import RaftNode
 from caddy.raft.read_index import ReadState
 from caddy.raft.ready import SEND_BEFORE_PERSIST, Ready, Snapshot, StateRole
-from caddy.raft.types import Entry, Membership, SnapshotMeta
+from caddy.raft.types import Entry, EntryKind, Membership, SnapshotMeta
 
 
 class InvariantViolation(AssertionError):
@@ -183,6 +183,8 @@ class SimNode(ReadyHandler):
         self._late_sent = 0
 
     def send(self, to: str, message: Message) -> None:
+        if isinstance(message, InstallSnapshot) and self.core.member_role is MemberRole.WITNESS:
+            raise InvariantViolation(f"witness {self.id} sends a snapshot (it keeps no state)")
         if self._late_sent is not None:
             if self._crash_at == 1 and self._late_sent == self._late_messages // 2:
                 self.crash()
@@ -505,6 +507,7 @@ class World:
         self.flapping: tuple[set[tuple[str, str]], int] | None = None
         # Global knowledge for the invariants.
         self.leader_of_term: dict[int, str] = {}
+        self.witness_terms: set[int] = set()  # terms a witness led
         # (index, term) -> (kind, data, term of the entry before): the log matching property
         self.entry_at: dict[tuple[int, int], tuple[int, bytes, int | None]] = {}
         self.applied_chain: dict[int, tuple[bytes, int]] = {}  # index -> (chain, term)
@@ -567,7 +570,10 @@ class World:
             term_before = entry.term
 
     def check_applied(self, node: SimNode, entry: Entry) -> None:
-        """State machine safety: every node applies the same entry at each index."""
+        """State machine safety: every node applies the same entry at each index; a witness's
+        term (it leads only to hand over) holds nothing but its no-op."""
+        if entry.term in self.witness_terms and entry.kind is not EntryKind.NOOP:
+            raise InvariantViolation(f"witness-led term {entry.term} holds a {entry.kind.name}")
         known = self.applied_chain.setdefault(entry.index, (node.sm.chain, entry.term))
         if known != (node.sm.chain, entry.term):
             raise InvariantViolation(f"{node.id} applied a different entry at {entry.index}")
@@ -595,8 +601,10 @@ class World:
             core = node.core
             self.note_commit(node)
             if core.state is StateRole.LEADER:
-                if core.member_role in (MemberRole.LEARNER, MemberRole.WITNESS):
-                    raise InvariantViolation(f"{core.member_role.value} {node.id} leads")
+                if core.member_role is MemberRole.LEARNER:
+                    raise InvariantViolation(f"learner {node.id} leads")
+                if core.member_role is MemberRole.WITNESS:
+                    self.witness_terms.add(core.term)
                 holder = self.leader_of_term.setdefault(core.term, node.id)
                 if holder != node.id:
                     raise InvariantViolation(
@@ -852,6 +860,8 @@ class World:
         if leader is None or self.client.pending:
             return False
         core = leader.core
+        if core.member_role is MemberRole.WITNESS:
+            return False  # it leads only until it handed over
         voting = core.membership.voters | core.membership.witnesses
         if core.term < max(node.core.term for node in self.live_nodes() if node.id in voting):
             return False

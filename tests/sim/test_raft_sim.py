@@ -86,6 +86,7 @@ def test_the_schedules_cover_every_shape_and_fault():
     ):
         assert fault in events, fault
     assert sum(world.client.reads_served for world in worlds) > 0
+    assert any(world.witness_terms for world in worlds)  # a witness led, to hand over
     assert sum(world.snapshots_installed for world in worlds) > 0
     # The deferred own-snapshot path, with the moments that matter in it.
     assert sum(world.snapshots_taken for world in worlds) > 0

@@ -165,6 +165,10 @@ def test_check_quorum_makes_an_isolated_leader_step_down():
     cluster.isolate("a")
     cluster.tick(25, only=["a"])
     assert leader.state is StateRole.FOLLOWER and leader.leader is None
+    assert leader.step_down_reason == (
+        f"CheckQuorum in term {leader.term}: heard from 1 of 3 voting members within an "
+        "election timeout"
+    )
 
 
 def test_without_check_quorum_an_isolated_leader_stays():
