@@ -19,13 +19,23 @@ StatusSource = Callable[[], dict[str, Any]]
 
 
 class ClientEndpointActor(pykka.ThreadingActor):
-    """Answers status and membership queries (key-value requests go to the Raft actor)."""
+    """Answers status and membership queries and drain requests (key-value requests go to the
+    Raft actor); `failover`: the node's FailoverActor, which drains."""
 
-    def __init__(self, transport: Transport, status: StatusSource, members: StatusSource) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        status: StatusSource,
+        members: StatusSource,
+        failover: pykka.ActorRef | None = None,
+        default_drain_s: float = 30.0,
+    ) -> None:
         super().__init__()
         self._transport = transport
         self._status = status
         self._members = members
+        self._failover = failover.proxy() if failover is not None else None
+        self._default_drain_s = default_drain_s
 
     def on_receive(self, message: Any) -> None:
         if not isinstance(message, Inbound) or message.route is None:
@@ -35,10 +45,24 @@ class ClientEndpointActor(pykka.ThreadingActor):
             self._transport.reply(message.route, "client.status.ok", self._status())
         elif kind == "client.members":
             self._transport.reply(message.route, "client.members.ok", self._members())
+        elif kind in ("client.drain", "client.undrain") and self._failover is not None:
+            self._transport.reply(message.route, f"{kind}.ok", self._drain(kind, message))
         else:
             self._transport.reply(
                 message.route, "client.error", {"error": "unknown-request", "kind": kind}
             )
+
+    def _drain(self, kind: str, message: Inbound) -> dict[str, Any]:
+        """Start (or end) a drain; the answer comes at once, `caddy-ctl` follows the status."""
+        assert self._failover is not None
+        if kind == "client.undrain":
+            return {"undrained": self._failover.undrain().get(timeout=10)}
+        body = message.envelope.body if isinstance(message.envelope.body, dict) else {}
+        timeout_s = body.get("timeout_s")
+        if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or timeout_s < 0:
+            timeout_s = self._default_drain_s
+        self._failover.drain("caddy-ctl drain", float(timeout_s)).get(timeout=10)
+        return {"draining": True}
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("client endpoint failed: %s", exception_value)

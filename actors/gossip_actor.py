@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -22,7 +23,7 @@ from actors.transport import Inbound, Transport
 from caddy.config import ClusterConfig
 from caddy.errors import WireError
 from caddy.events import MemberStateChanged, MemberStates
-from caddy.swim import MemberEvent, SwimNode, SwimTimings, from_wire, to_wire
+from caddy.swim import MemberEvent, MetaValue, SwimNode, SwimTimings, from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,19 @@ class GossipActor(pykka.ThreadingActor):
         """Announce a graceful leave: peers mark this node `left`, not dead."""
         self._swim.leave()
         self._flush()
+
+    def update_metadata(self, changes: Mapping[str, MetaValue | None]) -> None:
+        """Merge `changes` into this node's gossiped metadata (a None value removes the key),
+        so that other nodes (and balancers) see it: failover's health and drain state."""
+        metadata = dict(self._swim.metadata)
+        for key, value in changes.items():
+            if value is None:
+                metadata.pop(key, None)
+            else:
+                metadata[key] = value
+        if metadata != self._swim.metadata:
+            self._swim.update_metadata(metadata)
+            self._flush()
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Tick):

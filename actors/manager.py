@@ -6,6 +6,7 @@ A user's program runs a node with `ClusterManager(node_id, config).start()`, as 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -15,6 +16,7 @@ import pykka
 
 from actors.events import EventBus, Subscription
 from actors.gossip_actor import gossip_view
+from actors.health_checks import UserCheck
 from actors.leadership import EVENT_KINDS as LEADERSHIP_EVENTS
 from actors.leadership import LeadershipRunner, LeadershipToken
 from actors.reading_inbox import ReadRouters
@@ -40,9 +42,12 @@ class ClusterManager:
         config: ClusterConfig,
         state_machine: StateMachine | None = None,
         subsystems: Sequence[SubsystemSpec] = DEFAULT_SUBSYSTEMS,
+        health_checks: Sequence[UserCheck] = (),
     ) -> None:
         """`state_machine` is what Raft replicates; the key-value store unless you pass your own.
-        `subsystems`: what the node runs, started in this order (see `actors.subsystems`)."""
+        `subsystems`: what the node runs, started in this order (see `actors.subsystems`).
+        `health_checks`: callables run with the topology's checks each check interval (a check
+        fails when it returns False, raises or takes longer than the interval)."""
         names = [spec.name for spec in subsystems]
         if len(set(names)) != len(names):
             raise ValueError(f"subsystem names must be unique, got {names}")
@@ -55,6 +60,7 @@ class ClusterManager:
         self.events = EventBus(node_id)
         self._specs = tuple(spec for spec in subsystems if spec.enabled(config))
         self._state_machine = state_machine or KeyValueStore()
+        self._health_checks = tuple(health_checks)
         self._refs: dict[str, pykka.ActorRef] = {}  # by subsystem name, in start order
         self._started_at: float | None = None
         self._running = False
@@ -72,6 +78,8 @@ class ClusterManager:
             state_machine=self._state_machine,
             status=self.status,
             members=self.members,
+            started=self._refs,
+            health_checks=self._health_checks,
         )
         for spec in self._specs:
             ref = spec.start(context)
@@ -140,30 +148,27 @@ class ClusterManager:
         self.transport.stop()
         log.info("node %s: stopped", self.node_id)
 
+    def drain(self, reason: str, timeout_s: float | None = None) -> threading.Event | None:
+        """Start draining this node (see `actors.drain`): the event is set when it finished.
+        None when the node runs no failover subsystem. `timeout_s`: the topology's
+        `failover.drain_timeout_ms` unless given."""
+        failover = self.failover()
+        if failover is None:
+            return None
+        if timeout_s is None:
+            timeout_s = self.config.failover.drain_timeout_ms / 1000
+        return failover.drain(reason, timeout_s).get(timeout=10)
+
     def _hand_over_and_drain(self) -> None:
-        """Bounded by the failover drain timeout; a follower has nothing to hand over."""
-        raft_actor = self.raft()
-        if raft_actor is None or self.board.raft is None or self.board.raft.state != "leader":
-            return
-        deadline = time.monotonic() + self.config.failover.drain_timeout_ms / 1000
+        """Drain before stopping, bounded by the drain timeout (and a margin for the asks)."""
         try:
-            target = raft_actor.hand_over_leadership().get(timeout=5)
-        except Exception as error:  # the node stops anyway; say why the hand-over failed
-            log.warning("node %s: leadership hand-over failed: %s", self.node_id, error)
+            finished = self.drain("stopping")
+        except Exception as error:  # the node stops anyway; say why the drain failed
+            log.warning("node %s: drain failed: %s", self.node_id, error)
             return
-        log.info("node %s: handing leadership over to %s", self.node_id, target)
-        give_up_transfer = time.monotonic() + 3 * self.config.raft.election_timeout_max_ms / 1000
-        while time.monotonic() < deadline:
-            raft = self.board.raft
-            if raft.pending_writes == 0:
-                if raft.state != "leader":
-                    log.info("node %s: leadership moved to %s", self.node_id, raft.leader)
-                    return
-                if time.monotonic() > give_up_transfer:
-                    log.warning("node %s: leadership transfer did not finish", self.node_id)
-                    return
-            time.sleep(0.01)
-        log.warning("node %s: drain timeout passed; stopping anyway", self.node_id)
+        timeout_s = self.config.failover.drain_timeout_ms / 1000
+        if finished is not None and not finished.wait(timeout_s + 1):
+            log.warning("node %s: drain timeout passed; stopping anyway", self.node_id)
 
     def _leave_gossip(self) -> None:
         """Tell the group we leave (so peers say `left`, not `dead`) and let the news spread."""

@@ -36,6 +36,7 @@ from caddy.events import (
     SnapshotInstalled,
     SnapshotTaken,
 )
+from caddy.failover import Action, carry_out
 from caddy.raft.codec import from_wire, to_wire
 from caddy.raft.driver import RaftDriver, ReadyHandler, write_snapshot_file
 from caddy.raft.errors import RequestRejected
@@ -408,6 +409,7 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             pending_writes=self.service.pending_writes,
             followers=core.follower_progress(),
             last_step_down=core.step_down_reason,
+            membership_change_pending=core.membership_change_pending,
         )
 
     def _record_votes(self) -> None:
@@ -429,6 +431,17 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         """Called on the asking thread: reads the posted snapshot only."""
         raft = self._board.raft
         return asdict(raft) if raft is not None else {}
+
+    def carry_out(self, action: Action) -> str | None:
+        """Start what the failover policy decided; None when started, else why not."""
+        refusal = carry_out(self.core, action)
+        if refusal is None:
+            self._process_ready()
+        return refusal
+
+    def set_draining(self, draining: bool) -> None:
+        """Draining: redirect every new client request; those queued already finish."""
+        self.service.draining = draining
 
     def hand_over_leadership(self) -> str | None:
         """If leader, start a transfer to the most caught-up voter; returns its id."""

@@ -31,6 +31,7 @@ class RaftStatus:
     # A leader's view of each follower: {"match": index, "state": probe|replicate|snapshot}.
     followers: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_step_down: str | None = None  # why this node last stopped leading (None: never did)
+    membership_change_pending: bool = False  # appended, not yet committed
 
 
 @dataclass(frozen=True, slots=True)

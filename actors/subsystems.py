@@ -6,7 +6,7 @@ by adding a spec here (or to the list a user passes to `ClusterManager`), and no
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +14,13 @@ import pykka
 
 from actors.client_endpoint import ClientEndpointActor
 from actors.events import EventBus
+from actors.failover_actor import EVENTS_TOLD as FAILOVER_EVENTS
+from actors.failover_actor import TICK_MS as FAILOVER_TICK_MS
+from actors.failover_actor import FailoverActor
 from actors.fencing_actor import EVALUATE_EVERY_MS, FencingActor
 from actors.fencing_actor import EVENTS_TOLD as FENCING_EVENTS
 from actors.gossip_actor import GossipActor
+from actors.health_checks import UserCheck
 from actors.raft_actor import EVENTS_TOLD as RAFT_EVENTS
 from actors.raft_actor import RaftActor
 from actors.status_board import StatusBoard
@@ -37,6 +41,8 @@ class NodeContext:
     state_machine: StateMachine
     status: Callable[[], dict[str, Any]]  # the node's whole status document
     members: Callable[[], dict[str, Any]]  # the gossip view
+    started: Mapping[str, pykka.ActorRef]  # the subsystems started before this one, by name
+    health_checks: Sequence[UserCheck] = ()  # the user's own checks, given in code
 
 
 def _always(config: ClusterConfig) -> bool:
@@ -96,8 +102,27 @@ def _start_fencing(context: NodeContext) -> pykka.ActorRef:
     )
 
 
+def _start_failover(context: NodeContext) -> pykka.ActorRef:
+    return FailoverActor.start(
+        context.config,
+        context.node_id,
+        context.transport,
+        context.board,
+        context.events,
+        raft=context.started.get("raft"),
+        gossip=context.started.get("gossip"),
+        user_checks=context.health_checks,
+    )
+
+
 def _start_client_endpoint(context: NodeContext) -> pykka.ActorRef:
-    return ClientEndpointActor.start(context.transport, context.status, context.members)
+    return ClientEndpointActor.start(
+        context.transport,
+        context.status,
+        context.members,
+        failover=context.started.get("failover"),
+        default_drain_s=context.config.failover.drain_timeout_ms / 1000,
+    )
 
 
 RAFT = SubsystemSpec(
@@ -114,6 +139,13 @@ GOSSIP = SubsystemSpec("gossip", _start_gossip, prefixes=("swim",), ticks=True)
 FENCING = SubsystemSpec(
     "fencing", _start_fencing, ticks=True, tick_every_ms=EVALUATE_EVERY_MS, events=FENCING_EVENTS
 )
+FAILOVER = SubsystemSpec(
+    "failover",
+    _start_failover,
+    ticks=True,
+    tick_every_ms=FAILOVER_TICK_MS,
+    events=FAILOVER_EVENTS,
+)
 CLIENT_ENDPOINT = SubsystemSpec("client", _start_client_endpoint, client_prefixes=("client",))
 
-DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (RAFT, GOSSIP, FENCING, CLIENT_ENDPOINT)
+DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (RAFT, GOSSIP, FENCING, FAILOVER, CLIENT_ENDPOINT)

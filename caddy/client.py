@@ -229,14 +229,30 @@ class Client:
 
     def status(self, node_id: str) -> dict[str, Any]:
         """The status document of one node; Unavailable when it does not answer in time."""
-        answers = self.gather([node_id], "client.status", {}, self.timeout)
-        if answers.get(node_id) is None:
-            raise Unavailable(f"node {node_id} did not answer within {self.timeout:g} s")
-        return answers[node_id]
+        return self._ask_node(node_id, "client.status", {})
 
     def statuses(self) -> dict[str, dict[str, Any] | None]:
         """Every node's status, asked in parallel; None for a node that did not answer."""
         return self.gather([n.id for n in self.config.nodes], "client.status", {}, self.timeout)
+
+    def drain(self, node_id: str, timeout_s: float | None = None) -> None:
+        """Start draining `node_id` (CONTRACT 6): it takes no new requests, finishes those in
+        flight within `timeout_s` (its topology's drain timeout by default) and hands
+        leadership over if it leads. Returns once it started; its status shows the progress
+        (`failover.drain`). Unavailable when the node does not answer."""
+        body = {} if timeout_s is None else {"timeout_s": timeout_s}
+        self._ask_node(node_id, "client.drain", body)
+
+    def undrain(self, node_id: str) -> bool:
+        """`node_id` takes client requests again; False when it was not draining."""
+        return bool(self._ask_node(node_id, "client.undrain", {}).get("undrained"))
+
+    def _ask_node(self, node_id: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One node's answer to an operator request; Unavailable when it does not answer."""
+        answers = self.gather([node_id], kind, body, self.timeout)
+        if answers.get(node_id) is None:
+            raise Unavailable(f"node {node_id} did not answer within {self.timeout:g} s")
+        return answers[node_id]
 
     def members(self) -> dict[str, Any]:
         """The membership view of the first node that answers."""

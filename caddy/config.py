@@ -143,12 +143,39 @@ class TransportSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class FailoverSettings:
-    """When a node is declared failed and how long a stopping node drains its clients."""
+class HealthCheck:
+    """One user health check of the `failover.health_checks` list: `{command: CMD}` (passes
+    when it exits 0 within the check interval; `{node}` in it is the node id), `{tcp:
+    HOST:PORT}` (a connect succeeds) or `{http: URL}` (a 2xx answer)."""
 
-    enabled: bool = True
-    failure_threshold: int = 3  # consecutive failed health checks before acting
+    kind: str  # command | tcp | http
+    target: str
+
+    def to_topology(self) -> dict[str, str]:
+        return {self.kind: self.target}
+
+
+HEALTH_CHECK_KINDS = ("command", "tcp", "http")
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverSettings:
+    """When a node is declared failed, what the leader then does (`caddy.failover`), the hooks
+    it runs, and how long a stopping node drains its clients."""
+
+    enabled: bool = True  # false: health is still checked and reported, nothing acts on it
+    failure_threshold: int = 3  # consecutive failed health checks before a node is failed
     health_check_interval_ms: int = 1000
+    health_checks: tuple[HealthCheck, ...] = ()
+    stabilization_ms: int = _setting(10_000, minimum=0)  # failed this long: replaced, removed
+    min_quorum: int = 3  # automatic removals never leave fewer voters
+    max_lag_entries: int = _setting(
+        1000, minimum=0
+    )  # a successor or learner this close is caught up
+    min_action_interval_ms: int = _setting(5000, minimum=0)  # between two automatic actions
+    on_role_change: str = ""  # a command run with each leader.elected / leader.lost event
+    on_event: str = ""  # a command run with every failover and cluster event
+    hook_timeout_ms: int = 5000
     drain_timeout_ms: int = _setting(30_000, minimum=0)
 
 
@@ -277,7 +304,7 @@ class ClusterConfig:
             "data_dir": str(self.data_dir),
             "tick_ms": self.tick_ms,
             "nodes": [asdict(node) for node in self.nodes],
-            **{name: asdict(getattr(self, name)) for name in _SECTIONS},
+            **{name: _section_dict(getattr(self, name)) for name in _SECTIONS},
         }
 
     def to_json(self) -> str:
@@ -299,6 +326,14 @@ class ClusterConfig:
         if not isinstance(source, str):
             raise ConfigError(f"<json>: source: must be a string, got {_show(source)}")
         return parse_topology(document, source)
+
+
+def _section_dict(section: Any) -> dict[str, Any]:
+    """A settings section in topology form (health checks as `{kind: target}` mappings)."""
+    document = asdict(section)
+    if isinstance(section, FailoverSettings):
+        document["health_checks"] = [check.to_topology() for check in section.health_checks]
+    return document
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +470,44 @@ def _check_setting(problems: _Problems, path: str, value: object, spec: Field[An
         if not isinstance(value, str) or value not in spec.metadata["choices"]:
             problems.add(path, _choice_message(spec.metadata["choices"], value))
             return False
+    elif isinstance(default, str) and not isinstance(value, str):
+        problems.add(path, f"must be a string, got {_show(value)}")
+        return False
     return True
+
+
+_HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:/\[\]\s]+):([0-9]{1,5})")
+
+
+def _parse_health_checks(problems: _Problems, path: str, raw: object) -> tuple[HealthCheck, ...]:
+    """`[{command: ...} | {tcp: HOST:PORT} | {http: URL}, ...]`; bad entries are reported."""
+    if not isinstance(raw, list):
+        problems.add(path, f"must be a list of checks, got {_show(raw)}")
+        return ()
+    checks: list[HealthCheck] = []
+    for index, entry in enumerate(raw):
+        where = f"{path}[{index}]"
+        if not isinstance(entry, dict) or len(entry) != 1:
+            problems.add(
+                where,
+                f"must be one of {{command: CMD}}, {{tcp: HOST:PORT}}, "
+                f"{{http: URL}}, got {_show(entry)}",
+            )
+            continue
+        ((kind, target),) = entry.items()
+        if kind not in HEALTH_CHECK_KINDS:
+            problems.add(_join(where, kind), _choice_message(HEALTH_CHECK_KINDS, kind))
+        elif not isinstance(target, str) or not target.strip():
+            problems.add(_join(where, kind), f"must be a non-empty string, got {_show(target)}")
+        elif kind == "tcp" and not _HOST_PORT.fullmatch(target):
+            problems.add(_join(where, kind), f"must be HOST:PORT, got {_show(target)}")
+        elif kind == "http" and not target.startswith(("http://", "https://")):
+            problems.add(
+                _join(where, kind), f"must be an http:// or https:// URL, got {_show(target)}"
+            )
+        else:
+            checks.append(HealthCheck(kind, target))
+    return tuple(checks)
 
 
 def _check_identifier(problems: _Problems, path: str, value: object) -> bool:
@@ -464,9 +536,11 @@ def _parse_section(problems: _Problems, name: str, raw: object) -> Any:
         kept = {key: value for key, value in raw.items() if key not in removed}
         _reject_unknown_keys(problems, kept, known, name)
         for key in known:
-            if key in raw and _check_setting(
-                problems, f"{name}.{key}", raw[key], _FIELDS[cls, key]
-            ):
+            if key not in raw:
+                continue
+            if isinstance(_FIELDS[cls, key].default, tuple):
+                given[key] = _parse_health_checks(problems, f"{name}.{key}", raw[key])
+            elif _check_setting(problems, f"{name}.{key}", raw[key], _FIELDS[cls, key]):
                 given[key] = raw[key]
     elif raw is not None:
         problems.add(name, f"must be a mapping of settings, got {_show(raw)}")

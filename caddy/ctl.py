@@ -159,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait in line this long when it is held (default 0: exit 1 at once)",
     )
+    drain = commands.add_parser(
+        "drain", help="NODE takes no new requests, finishes those in flight, hands leadership over"
+    )
+    drain.add_argument("node", type=non_empty_text, metavar="NODE")
+    drain.add_argument(
+        "--timeout",
+        dest="drain_timeout",
+        type=wait_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="the longest wait for requests in flight (default: failover.drain_timeout_ms)",
+    )
+    undrain = commands.add_parser("undrain", help="NODE takes client requests again")
+    undrain.add_argument("node", type=non_empty_text, metavar="NODE")
     return parser
 
 
@@ -181,7 +195,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def topology_problem(config: ClusterConfig, args: argparse.Namespace) -> str | None:
     """Why `args` cannot be sent to the cluster of `config` (one line), or None."""
-    if args.command in ("status", "votes") and args.node is not None:
+    if args.command in ("status", "votes", "drain", "undrain") and args.node is not None:
         known = [node.id for node in config.nodes]
         if args.node not in known:
             return (
@@ -459,6 +473,46 @@ def _lock(client: Client, args: argparse.Namespace) -> int:
     return status
 
 
+def _drain(client: Client, args: argparse.Namespace) -> int:
+    """Start the drain, then follow NODE's status until it finished (or its timeout passed)."""
+    timeout_s = args.drain_timeout
+    if timeout_s is None:
+        timeout_s = client.config.failover.drain_timeout_ms / 1000
+    client.drain(args.node, timeout_s)
+    deadline = time.monotonic() + timeout_s + args.timeout
+    drain = None
+    while time.monotonic() < deadline:
+        drain = client.status(args.node).get("failover", {}).get("drain")
+        if drain is not None and drain["state"] == "drained":
+            break
+        time.sleep(0.05)
+    else:
+        _error(f"{args.node} did not finish draining within {timeout_s + args.timeout:g} s")
+        return EXIT_FAILURE
+    moved = drain["leadership_moved_to"]
+    text = (
+        f"{args.node}: drained"
+        + (f", leadership moved to {moved}" if moved else "")
+        + (
+            f", {drain['in_flight']} requests unanswered at the timeout"
+            if drain["timed_out"]
+            else ""
+        )
+    )
+    _say(args, {"node": args.node, **drain}, text)
+    return EXIT_OK
+
+
+def _undrain(client: Client, args: argparse.Namespace) -> int:
+    was_draining = client.undrain(args.node)
+    _say(
+        args,
+        {"node": args.node, "undrained": was_draining},
+        f"{args.node}: " + ("takes requests again" if was_draining else "was not draining"),
+    )
+    return EXIT_OK
+
+
 def _run_holding(command: list[str], token: int) -> int:
     environment = {**os.environ, "CADDY_FENCING_TOKEN": str(token)}
     try:
@@ -486,6 +540,8 @@ _COMMANDS = {
     "cas": _cas,
     "leader": _leader,
     "lock": _lock,
+    "drain": _drain,
+    "undrain": _undrain,
 }
 
 

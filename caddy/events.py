@@ -195,6 +195,83 @@ class PartitionHealed(QuorumEvent):
 
 @register
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MemberSuspect(NodeEvent):
+    """Gossip on this node suspects `member` (it missed probes; not yet declared dead)."""
+
+    kind: ClassVar[str] = "member.suspect"
+    member: str
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberFailed(NodeEvent):
+    """This node's failover judged `member` failed (`caddy.failover`): its checks failed
+    `failure_threshold` times in a row; `reason` is the last failure."""
+
+    kind: ClassVar[str] = "member.failed"
+    member: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberRecovered(NodeEvent):
+    """A member this node judged failed passed its checks `failure_threshold` times in a row."""
+
+    kind: ClassVar[str] = "member.recovered"
+    member: str
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeadershipMoved(NodeEvent):
+    """This leader handed leadership to `leader` on its own (failover or drain), and why."""
+
+    kind: ClassVar[str] = "leadership.moved"
+    leader: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LearnerPromoted(NodeEvent):
+    """This leader made learner `member` a voter, and why."""
+
+    kind: ClassVar[str] = "learner.promoted"
+    member: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoterRemoved(NodeEvent):
+    """This leader removed voter `member` from the configuration, and why."""
+
+    kind: ClassVar[str] = "voter.removed"
+    member: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DrainStarted(NodeEvent):
+    """This node stopped taking new client requests; those in flight may finish."""
+
+    kind: ClassVar[str] = "drain.started"
+    reason: str
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DrainFinished(NodeEvent):
+    """This node's drain ended: `in_flight` requests were still unanswered at its end."""
+
+    kind: ClassVar[str] = "drain.finished"
+    in_flight: int
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeStarting(NodeEvent):
     """The node is starting its subsystems."""
 

@@ -195,6 +195,11 @@ class RaftNode:
         return self._votes_recorded
 
     @property
+    def membership_change_pending(self) -> bool:
+        """A membership change is appended but not yet committed (no other may start)."""
+        return bool(self._config_entries) and self._config_entries[-1][0] > self.log.commit
+
+    @property
     def transferee(self) -> str | None:
         """The node leadership is being handed to, while a transfer runs."""
         return self._transferee
@@ -347,7 +352,7 @@ class RaftNode:
         self._check_can_propose()
         if not self._committed_in_term():
             raise RequestRejected("the leader has not committed an entry of its term yet")
-        if self._config_entries and self._config_entries[-1][0] > self.log.commit:
+        if self.membership_change_pending:
             raise RequestRejected("another membership change is in progress")
         new_membership = apply_change(self.membership, kind, node_id)
         index = self.log.last_index() + 1
@@ -503,7 +508,7 @@ class RaftNode:
         """
         if self.id in self.membership.voters or self.id in self.membership.witnesses:
             return True
-        if self._config_entries and self._config_entries[-1][0] > self.log.commit:
+        if self.membership_change_pending:
             return self.id in self._membership_at(self._config_entries[-1][0] - 1).voters
         return False
 

@@ -84,6 +84,7 @@ class KeyValueService(Generic[Route]):
         "_read_rounds",
         "_replies",
         "has_quorum",
+        "draining",
         "_lock_view",
         "_lock_waits",
         "_older_lock_waits",
@@ -123,6 +124,9 @@ class KeyValueService(Generic[Route]):
         # This node's quorum view (the FencingActor's): without quorum, writes and reads are
         # answered `no_quorum` at once instead of waiting for a commit or a leader that cannot be.
         self.has_quorum = True
+        # A draining node takes no new request: each is redirected (by a draining leader to no
+        # one: it is handing leadership over), while those already queued finish.
+        self.draining = False
         self._lock_view = lock_view
         # `kv.lock_wait`s parked until their waiter is granted or stops waiting, by (name, owner);
         # those parked before the last `expire` are answered "still queued" at the next one, so
@@ -165,8 +169,9 @@ class KeyValueService(Generic[Route]):
         if not self.has_quorum:
             self._replies.append((route, ERROR_KIND, no_quorum_body()))
             return
-        if not leader:
-            self._replies.append((route, REDIRECT_KIND, redirect_body(leader_hint)))
+        if not leader or self.draining:
+            hint = None if leader else leader_hint
+            self._replies.append((route, REDIRECT_KIND, redirect_body(hint)))
             return
         if request.op == "lock_wait":
             self._park_lock_wait(route, request.key, request.owner)

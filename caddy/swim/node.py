@@ -148,6 +148,11 @@ class SwimNode:
         self._broadcasts.push(Left(self.node_id, self._me.incarnation))
         self._gossip_round()
 
+    @property
+    def metadata(self) -> dict[str, MetaValue]:
+        """This node's own metadata (a copy)."""
+        return dict(self._me.metadata)
+
     def update_metadata(self, metadata: Mapping[str, MetaValue]) -> None:
         """Replace this node's metadata and spread it (raises SwimError when too large)."""
         metadata = dict(metadata)

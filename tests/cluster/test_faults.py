@@ -1,12 +1,11 @@
 """Faults against real node processes: kill -9, SIGSTOP, SIGTERM; nothing acknowledged is lost."""
 
 import signal
-import threading
 
 import pytest
 
 from caddy.client import Client
-from caddy.errors import CaddyError
+from tests.cluster.writers import CasWriter, check_all_acknowledged, writes_reach
 from tests.harness import started_cluster, wait_until
 
 NODES = ("n1", "n2", "n3")
@@ -15,51 +14,6 @@ NODES = ("n1", "n2", "n3")
 @pytest.fixture
 def cluster(tmp_path, processes):
     return started_cluster(tmp_path, processes, 3, raft={"snapshot_threshold": 100})
-
-
-class CasWriter(threading.Thread):
-    """Increments `counter` by cas and puts a unique key per step; retries each step until done.
-
-    As the only writer, every cas must succeed exactly once: a False means a write was lost or
-    applied twice. `acknowledged` lists the steps whose writes the cluster confirmed.
-    """
-
-    def __init__(self, topology):
-        super().__init__(daemon=True)
-        self.topology = topology
-        self.acknowledged = 0
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-
-    def run(self):
-        with Client(self.topology, timeout=30) as client:
-            while not self.stop.is_set():
-                step = self.acknowledged
-                try:
-                    if not client.cas("counter", step or None, step + 1):
-                        self.failures.append(f"cas {step} -> {step + 1} did not apply")
-                        return
-                    client.put(f"step-{step + 1}", step + 1)
-                except CaddyError as error:
-                    self.failures.append(f"step {step + 1}: {error!r}")
-                    return
-                self.acknowledged = step + 1
-
-
-def check_all_acknowledged(topology, acknowledged):
-    with Client(topology, timeout=20) as client:
-        assert client.get("counter") == acknowledged
-        for step in range(1, acknowledged + 1):
-            assert client.get(f"step-{step}") == step
-
-
-def writes_reach(writer, count, timeout=30):
-    wait_until(
-        lambda: writer.acknowledged >= count or writer.failures,
-        timeout,
-        f"{count} acknowledged steps",
-    )
-    assert not writer.failures, writer.failures
 
 
 def test_kill_leader_under_writes_loses_nothing_and_applies_once(cluster):

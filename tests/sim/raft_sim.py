@@ -465,13 +465,14 @@ class World:
 
     machine_class: type[StateMachine] = StateMachine
     client_class: type[Client] = Client
+    scenarios: tuple[Scenario, ...] = SCENARIOS  # the cluster shapes a seed picks from
 
     def __init__(self, seed: int, schedule: Schedule | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         rng = self.rng
         self.schedule = schedule or Schedule()
-        self.scenario = SCENARIOS[rng.randrange(len(SCENARIOS))]
+        self.scenario = self.scenarios[rng.randrange(len(self.scenarios))]
         check_quorum = rng.random() < 0.8
         self.settings = NodeSettings(
             max_append_entries=rng.choice((1, 4, 8, 64)),

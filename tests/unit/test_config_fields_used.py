@@ -33,7 +33,6 @@ CONFIG_PY = Path(caddy.config.__file__).resolve()
 # CONTRACT.md sections 6 and 7); topologies/README.md marks each "read once the ... lands".
 # A key that is read today must leave this map.
 RESERVED_FOR: dict[str, set[str]] = {
-    "failover": {"enabled", "failure_threshold", "health_check_interval_ms"},
     "balancer": {"strategy"},
 }
 # Keys read in a way the scan cannot see. gossip.profile is resolved into the five profile

@@ -9,13 +9,20 @@ import pytest
 
 from caddy.events import (
     EVENT_KINDS,
+    DrainFinished,
+    DrainStarted,
     KindFilter,
     LeaderChanged,
     LeaderElected,
     LeaderLost,
+    LeadershipMoved,
+    LearnerPromoted,
+    MemberFailed,
+    MemberRecovered,
     MembershipChanged,
     MemberStateChanged,
     MemberStates,
+    MemberSuspect,
     NodeEvent,
     NodeStarting,
     NodeStopping,
@@ -25,6 +32,7 @@ from caddy.events import (
     QuorumRegained,
     SnapshotInstalled,
     SnapshotTaken,
+    VoterRemoved,
     register,
 )
 from caddy.swim import EventKind, MemberEvent
@@ -47,6 +55,14 @@ def test_the_registry_holds_every_event_class_by_its_kind():
         "partition.detected": PartitionDetected,
         "partition.healed": PartitionHealed,
         "node.stopping": NodeStopping,
+        "member.suspect": MemberSuspect,
+        "member.failed": MemberFailed,
+        "member.recovered": MemberRecovered,
+        "leadership.moved": LeadershipMoved,
+        "learner.promoted": LearnerPromoted,
+        "voter.removed": VoterRemoved,
+        "drain.started": DrainStarted,
+        "drain.finished": DrainFinished,
     }
 
 
@@ -120,6 +136,14 @@ def test_every_registered_event_serializes():
         QuorumRegained: {"reachable": ("n1", "n2"), "unreachable": ("n3",)},
         PartitionDetected: {"reachable": ("n1", "n2"), "unreachable": ("n3",)},
         PartitionHealed: {"reachable": ("n1", "n2", "n3"), "unreachable": ()},
+        MemberSuspect: {"member": "n2"},
+        MemberFailed: {"member": "n2", "reason": "unreachable from n1"},
+        MemberRecovered: {"member": "n2"},
+        LeadershipMoved: {"leader": "n2", "reason": "leader n1 is draining"},
+        LearnerPromoted: {"member": "n4", "reason": "replaces failed voter n3"},
+        VoterRemoved: {"member": "n3", "reason": "failed 10.0 s ago"},
+        DrainStarted: {"reason": "SIGTERM"},
+        DrainFinished: {"in_flight": 0},
     }
     assert set(samples) == set(EVENT_KINDS.values())
     for cls, extra in samples.items():

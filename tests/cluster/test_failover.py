@@ -1,0 +1,167 @@
+"""Automatic failover on real nodes (CONTRACT 6): a leader whose own health check fails hands
+leadership over; a killed voter is replaced by a caught-up learner and then removed; a leader
+stopped by SIGTERM or drained by caddy-ctl hands over with no client noticing; a hook that
+hangs is killed and costs the node nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from caddy.client import Client
+from caddy.errors import CaddyError
+from tests.cluster.writers import CasWriter, check_all_acknowledged, writes_reach
+from tests.harness import run_ctl, started_cluster, wait_until
+
+FAST_CHECKS = {"failure_threshold": 3, "health_check_interval_ms": 200}
+
+
+def write_passes(client: Client, key: str) -> bool:
+    try:
+        client.put(key, b"v")
+    except CaddyError:  # Unavailable, NoQuorum, Timeout: not yet
+        return False
+    return True
+
+
+def test_a_leader_whose_health_check_fails_hands_leadership_to_a_healthy_voter(tmp_path, processes):
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    for node in ("n1", "n2", "n3"):
+        (flags / f"{node}.ok").touch()
+    cluster = started_cluster(
+        tmp_path,
+        processes,
+        3,
+        failover={**FAST_CHECKS, "health_checks": [{"command": f"test -f {flags}/{{node}}.ok"}]},
+    )
+    with Client(cluster.topology, timeout=10) as client:
+        old = cluster.leader(client)
+        wait_until(
+            lambda: set(client.status(old)["failover"]["health"].values()) == {"healthy"},
+            20,
+            "every member judged healthy by the leader",
+        )
+        (flags / f"{old}.ok").unlink()
+        new = wait_until(
+            lambda: (leader := client.leader()) not in (None, old) and leader, 20, "a new leader"
+        )
+        assert write_passes(client, "after-failover")
+        section = client.status(old)["failover"]
+        assert section["health"][old] == "failed"
+        assert f"test -f {flags}/{old}.ok" in section["reasons"][old]
+        action = section["last_action"]
+        assert action["kind"] == "transfer_leadership" and action["node"] == new
+        assert action["refused"] is None and "unhealthy" in action["reason"]
+        # The new leader sees the old one failed, by the verdict it gossips, and keeps it.
+        wait_until(
+            lambda: client.status(new)["failover"]["health"][old] == "failed",
+            20,
+            f"{new} judging {old} failed",
+        )
+        assert client.leader() == new
+
+
+def test_a_dead_voter_is_replaced_by_the_learner_and_the_cluster_survives_one_more(
+    tmp_path, processes
+):
+    cluster = started_cluster(
+        tmp_path,
+        processes,
+        4,
+        roles=["voter", "voter", "voter", "learner"],
+        failover={**FAST_CHECKS, "stabilization_ms": 1500, "min_action_interval_ms": 300},
+    )
+    with Client(cluster.topology, timeout=10) as client:
+        leader = cluster.leader(client)
+        assert write_passes(client, "before")
+        victim = sorted({"n1", "n2", "n3"} - {leader})[0]
+        cluster.kill(victim)
+
+        def replaced() -> bool:
+            voters = set(client.status(leader)["quorum"]["voters"])
+            return voters == {"n1", "n2", "n3", "n4"} - {victim}
+
+        wait_until(replaced, 30, f"n4 a voter and {victim} removed")
+        action = client.status(leader)["failover"]["last_action"]
+        assert action["kind"] == "remove_voter" and action["node"] == victim
+        assert client.status("n4")["state"] == "follower"
+
+        survivor = sorted({"n1", "n2", "n3"} - {leader, victim})[0]
+        cluster.kill(survivor)
+        wait_until(lambda: write_passes(client, "after-two-kills"), 30, "a write with 2 of 3")
+        assert client.get("before") == b"v"
+
+
+def test_sigterm_of_the_leader_under_several_writers_costs_no_client_an_error(tmp_path, processes):
+    cluster = started_cluster(tmp_path, processes, 3, failover={"drain_timeout_ms": 10_000})
+    with Client(cluster.topology, timeout=10) as client:
+        leader = cluster.leader(client)
+        writers = [CasWriter(cluster.topology, prefix=f"w{i}-") for i in range(4)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writes_reach(writer, 10)
+        cluster.kill(leader, signal.SIGTERM)
+        assert cluster.nodes[leader].returncode == 0
+        log = cluster.log_path(leader).read_text()
+        assert "leadership moved to n" in log, log[-2000:]
+        marks = [writer.acknowledged for writer in writers]
+        for writer, mark in zip(writers, marks, strict=True):
+            writes_reach(writer, mark + 10)
+        for writer in writers:
+            writer.stop.set()
+            writer.join(30)
+        for i, writer in enumerate(writers):
+            assert not writer.failures, writer.failures
+            check_all_acknowledged(cluster.topology, writer.acknowledged, prefix=f"w{i}-")
+
+
+def test_caddy_ctl_drain_moves_leadership_and_undrain_takes_requests_again(tmp_path, processes):
+    cluster = started_cluster(tmp_path, processes, 3)
+    with Client(cluster.topology, timeout=10) as client:
+        leader = cluster.leader(client)
+        drained = run_ctl(cluster.topology, "drain", leader, "--timeout", "5", timeout=20)
+        assert drained.returncode == 0, drained.stderr
+        assert drained.stdout.startswith(f"{leader}: drained, leadership moved to n")
+        section = client.status(leader)["failover"]
+        assert section["draining"] and section["drain"]["state"] == "drained"
+        assert client.leader() != leader
+        other = sorted({"n1", "n2", "n3"} - {leader})[0]
+
+        def gossiped_draining() -> bool:
+            view = client.gather([other], "client.members", {}, 5)[other]
+            member = (view or {}).get("members", {}).get(leader, {})  # once it heard of it
+            return member.get("metadata", {}).get("draining") is True
+
+        wait_until(gossiped_draining, 20, f"{other} hearing that {leader} drains")
+        with Client(cluster.topology, timeout=10) as direct:
+            direct._leader = leader  # the drained node redirects, the write still lands
+            direct.put("during-drain", 1)
+        undrained = run_ctl(cluster.topology, "--json", "undrain", leader)
+        assert undrained.returncode == 0, undrained.stderr
+        assert json.loads(undrained.stdout) == {"node": leader, "undrained": True}
+        assert client.status(leader)["failover"]["draining"] is False
+        again = run_ctl(cluster.topology, "undrain", leader)
+        assert again.stdout.strip() == f"{leader}: was not draining"
+        unknown = run_ctl(cluster.topology, "drain", "n9")
+        assert unknown.returncode == 2 and "no node 'n9'" in unknown.stderr
+
+
+def test_a_hook_that_hangs_is_killed_and_the_node_keeps_serving(tmp_path, processes):
+    marks = tmp_path / "hook-runs"
+    hook = f"echo $CADDY_EVENT_KIND >> {marks}; sleep 60"
+    cluster = started_cluster(
+        tmp_path, processes, 3, failover={"on_event": hook, "hook_timeout_ms": 500}
+    )
+    with Client(cluster.topology, timeout=10) as client:
+        leader = cluster.leader(client)
+        hooks = wait_until(
+            lambda: (h := client.status(leader)["failover"]["hooks"])["failures"] and h,
+            20,
+            "a hook killed at its timeout",
+        )
+        assert hooks["last_failure"]["problem"] == "still running after 0.5 s (killed)"
+        assert "leader.elected" in marks.read_text().split()
+        assert write_passes(client, "while-hooks-hang")
+        assert client.get("while-hooks-hang") == b"v"
