@@ -11,6 +11,7 @@ from typing import Any
 
 import pykka
 
+from actors.events import EventBus
 from actors.transport import Inbound, Transport
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class ClientEndpointActor(pykka.ThreadingActor):
         transport: Transport,
         status: StatusSource,
         members: StatusSource,
+        events: EventBus | None = None,
         failover: pykka.ActorRef | None = None,
         default_drain_s: float = 30.0,
     ) -> None:
@@ -34,6 +36,7 @@ class ClientEndpointActor(pykka.ThreadingActor):
         self._transport = transport
         self._status = status
         self._members = members
+        self._events = events
         self._failover = failover.proxy() if failover is not None else None
         self._default_drain_s = default_drain_s
 
@@ -45,12 +48,26 @@ class ClientEndpointActor(pykka.ThreadingActor):
             self._transport.reply(message.route, "client.status.ok", self._status())
         elif kind == "client.members":
             self._transport.reply(message.route, "client.members.ok", self._members())
+        elif kind == "client.events" and self._events is not None:
+            self._transport.reply(message.route, "client.events.ok", self._recent(message))
         elif kind in ("client.drain", "client.undrain") and self._failover is not None:
             self._transport.reply(message.route, f"{kind}.ok", self._drain(kind, message))
         else:
             self._transport.reply(
                 message.route, "client.error", {"error": "unknown-request", "kind": kind}
             )
+
+    def _recent(self, message: Inbound) -> dict[str, Any]:
+        """The node's events after the `after` seq the watcher last saw (all it keeps, when
+        that is older), newest last; `restarted` when `after` is beyond this node's newest."""
+        assert self._events is not None
+        body = message.envelope.body if isinstance(message.envelope.body, dict) else {}
+        after = body.get("after", 0)
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            after = 0
+        restarted = after > self._events.last_seq  # a new process numbers from 1 again
+        events = self._events.recent(0 if restarted else after)
+        return {"events": [event.to_dict() for event in events], "restarted": restarted}
 
     def _drain(self, kind: str, message: Inbound) -> dict[str, Any]:
         """Start (or end) a drain; the answer comes at once, `caddy-ctl` follows the status."""

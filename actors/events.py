@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from caddy.events import KindFilter, Kinds, NodeEvent
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=NodeEvent)
+RECENT_EVENTS = 1024  # kept for `recent`: what a watcher polling every 0.1 s cannot miss
 Callback = Callable[[NodeEvent], object]
 
 
@@ -96,6 +98,7 @@ class EventBus:
         self._seq = 0
         self._subscriptions: list[Subscription] = []
         self._closed = False
+        self._recent: deque[NodeEvent] = deque(maxlen=RECENT_EVENTS)
 
     def publish(self, event_type: type[E], /, **fields: Any) -> E:
         """Build `event_type(**fields)` stamped with this node, the next `seq` and the time, and
@@ -103,6 +106,7 @@ class EventBus:
         with self._lock:
             self._seq += 1
             event = event_type(node=self.node_id, seq=self._seq, time=self._clock(), **fields)
+            self._recent.append(event)
             dead = []
             for subscription in self._subscriptions:
                 if subscription._filter.matches(event.kind):
@@ -137,6 +141,18 @@ class EventBus:
         if not subscription.active and subscription._owned:
             subscription._target.stop(block=False)
         return subscription
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the latest event published (0 before the first)."""
+        with self._lock:
+            return self._seq
+
+    def recent(self, after_seq: int = 0) -> list[NodeEvent]:
+        """The last RECENT_EVENTS events published, those after `after_seq` only (for
+        `caddy-ctl watch`, which asks each node for what it has not seen yet)."""
+        with self._lock:
+            return [event for event in self._recent if event.seq > after_seq]
 
     def close(self) -> None:
         """Deliver nothing more and stop every callback actor this bus started."""

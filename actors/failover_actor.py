@@ -208,6 +208,9 @@ class FailoverActor(pykka.ThreadingActor):
         if drain is None or drain.finished.is_set():
             return
         if drain.step():
+            if drain.moved_to is not None:
+                reason = f"{self._node_id} is draining ({drain.reason})"
+                self._events.publish(LeadershipMoved, leader=drain.moved_to, reason=reason)
             self._events.publish(DrainFinished, in_flight=drain.in_flight)
         self._section = self._status()
 

@@ -13,6 +13,7 @@ from typing import Any
 import pykka
 
 from actors.client_endpoint import ClientEndpointActor
+from actors.event_publisher import EventPublisherActor
 from actors.events import EventBus
 from actors.failover_actor import EVENTS_TOLD as FAILOVER_EVENTS
 from actors.failover_actor import TICK_MS as FAILOVER_TICK_MS
@@ -115,11 +116,24 @@ def _start_failover(context: NodeContext) -> pykka.ActorRef:
     )
 
 
+def _start_event_publisher(context: NodeContext) -> pykka.ActorRef:
+    address = context.config.node(context.node_id).events_address
+    ref = EventPublisherActor.start(address)
+    if address:  # in a topology where only some nodes publish, the others' actor idles
+        context.events.subscribe(ref)
+    return ref
+
+
+def _publishes_events(config: ClusterConfig) -> bool:
+    return any(node.events_address for node in config.nodes)
+
+
 def _start_client_endpoint(context: NodeContext) -> pykka.ActorRef:
     return ClientEndpointActor.start(
         context.transport,
         context.status,
         context.members,
+        events=context.events,
         failover=context.started.get("failover"),
         default_drain_s=context.config.failover.drain_timeout_ms / 1000,
     )
@@ -146,6 +160,16 @@ FAILOVER = SubsystemSpec(
     tick_every_ms=FAILOVER_TICK_MS,
     events=FAILOVER_EVENTS,
 )
+EVENT_PUBLISHER = SubsystemSpec(
+    "event_publisher", _start_event_publisher, enabled=_publishes_events
+)
 CLIENT_ENDPOINT = SubsystemSpec("client", _start_client_endpoint, client_prefixes=("client",))
 
-DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (RAFT, GOSSIP, FENCING, FAILOVER, CLIENT_ENDPOINT)
+DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (
+    RAFT,
+    GOSSIP,
+    FENCING,
+    FAILOVER,
+    EVENT_PUBLISHER,
+    CLIENT_ENDPOINT,
+)

@@ -10,7 +10,7 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import zmq
@@ -276,10 +276,12 @@ class Client:
         timeout: float,
         until: Callable[[dict[str, Any]], bool] | None = None,
         raw: bool = False,
+        bodies: Mapping[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Send one request to each node and collect the answers until `timeout` passes.
 
         Answers are bodies (an error answer raises RequestFailed), or whole envelopes with `raw`.
+        `bodies`: a node's own body instead of `body`.
         """
         deadline = time.monotonic() + timeout
         pending: dict[str, int] = {}
@@ -289,7 +291,10 @@ class Client:
             request_id = next(self._request_ids)
             answers[node_id] = None
             try:
-                self._socket(node_id).send(self._codec.encode(kind, body, request_id), zmq.NOBLOCK)
+                request = (bodies or {}).get(node_id, body)
+                self._socket(node_id).send(
+                    self._codec.encode(kind, request, request_id), zmq.NOBLOCK
+                )
             except zmq.Again:  # its queue is full: that node is long unreachable
                 continue
             pending[node_id] = request_id

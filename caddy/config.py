@@ -86,6 +86,7 @@ class NodeConfig:
     role: NodeRole = _setting("voter", choices=NODE_ROLES)
     zone: str | None = None  # free-form placement label, gossiped as metadata, read by the balancer
     weight: int = 1  # balancer weight
+    events_address: str = ""  # "tcp://HOST:PORT": a PUB socket with the node's events; "": none
 
     def __post_init__(self) -> None:
         if self.client_address:
@@ -567,7 +568,9 @@ def _parse_node(problems: _Problems, raw: object, path: str) -> dict[str, Any]:
             problems.add(f"{path}.{key}", "missing (required)")
     if "id" in raw and _check_identifier(problems, f"{path}.id", raw["id"]):
         node["id"] = raw["id"]
-    for key in ("address", "client_address"):
+    for key in ("address", "client_address", "events_address"):
+        if key == "events_address" and raw.get(key) == "":
+            continue  # the round-trip form of "no event socket"
         if key in raw:
             problem = _endpoint_problem(raw[key])
             if problem:
@@ -608,8 +611,8 @@ def _check_nodes_together(problems: _Problems, nodes: list[dict[str, Any]]) -> N
                     f"duplicate id {node['id']!r} (also nodes[{first_id[node['id']]}].id)",
                 )
             first_id.setdefault(node["id"], index)
-        for key in ("address", "client_address"):
-            if key not in node:
+        for key in ("address", "client_address", "events_address"):
+            if not node.get(key):
                 continue
             host, port = _split_unchecked(node[key])
             endpoint = (host.lower(), port)

@@ -47,6 +47,7 @@ from caddy.request_policy import check_size
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CANNOT_RUN = 127  # lock's COMMAND could not be started (as a shell says)
 DEFAULT_TIMEOUT_S = 5.0
+WATCH_POLL_S = 0.2  # how often `watch` asks each node for its new events
 MAX_TIMEOUT_S = 3600.0  # longer than any failover; a larger value is a typo, not a wish
 _SHOWN_CHARS = 40  # an argument quoted in an error message is cut to this many characters
 
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     undrain = commands.add_parser("undrain", help="NODE takes client requests again")
     undrain.add_argument("node", type=non_empty_text, metavar="NODE")
+    commands.add_parser("watch", help="every node's events, one per line, until Ctrl-C")
     return parser
 
 
@@ -513,6 +515,43 @@ def _undrain(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _watch(client: Client, args: argparse.Namespace) -> int:
+    """Poll every node for the events it has not shown yet (each once, by node and seq; a
+    node that restarted is shown from its first event again), oldest first, until Ctrl-C."""
+    seen = {node.id: 0 for node in client.config.nodes}
+    while True:
+        bodies = {node_id: {"after": after} for node_id, after in seen.items()}
+        answers = client.gather(list(seen), "client.events", {}, WATCH_POLL_S, bodies=bodies)
+        fresh = []
+        for node_id, answer in answers.items():
+            if answer is None or not answer.get("events"):
+                continue
+            fresh.extend(answer["events"])
+            seen[node_id] = answer["events"][-1]["seq"]
+        for event in sorted(fresh, key=lambda e: (e["time"], e["node"], e["seq"])):
+            print(json.dumps(event) if args.json else _event_line(event), flush=True)
+        time.sleep(WATCH_POLL_S)
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    moment = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+    millis = int(event["time"] * 1000) % 1000
+    fields = " ".join(
+        f"{key}={_field(value)}"
+        for key, value in event.items()
+        if key not in ("node", "seq", "time", "kind")
+    )
+    return f"{moment}.{millis:03d} {event['node']} {event['kind']} {fields}".rstrip()
+
+
+def _field(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value) or "-"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return _dash(value)
+
+
 def _run_holding(command: list[str], token: int) -> int:
     environment = {**os.environ, "CADDY_FENCING_TOKEN": str(token)}
     try:
@@ -542,6 +581,7 @@ _COMMANDS = {
     "lock": _lock,
     "drain": _drain,
     "undrain": _undrain,
+    "watch": _watch,
 }
 
 

@@ -1,5 +1,6 @@
 """Node events in a real 3-node cluster: after kill -9 of the leader every survivor's own program
-hears the new leader and term, and a callback that raises on every event breaks nothing."""
+hears the new leader and term, a callback that raises on every event breaks nothing, and a node
+with an `events_address` publishes its events there."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import json
 import subprocess
 import sys
 
-from actors.local_cluster import REPO, LocalCluster, write_topology
+import yaml
+import zmq
+
+from actors.local_cluster import REPO, LocalCluster, free_ports, write_topology
 from caddy.client import Client
 from tests.harness import wait_until
 
@@ -82,3 +86,35 @@ def test_survivors_hear_the_new_leader_after_kill_9_of_the_old_one(tmp_path, pro
         10,
         "the raising callback's error in the log",
     )
+
+
+def test_a_node_publishes_its_events_on_its_pub_socket(tmp_path, processes):
+    path = write_topology(tmp_path, 3)
+    document = yaml.safe_load(path.read_text())
+    for node, port in zip(document["nodes"], free_ports(3), strict=True):
+        node["events_address"] = f"tcp://127.0.0.1:{port}"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    cluster = LocalCluster(path, processes)
+    cluster.start(*NODES)
+    subscriber = zmq.Context.instance().socket(zmq.SUB)
+    subscriber.setsockopt(zmq.LINGER, 0)
+    subscriber.connect(document["nodes"][0]["events_address"])
+    subscriber.subscribe(b"drain.")
+    try:
+        with Client(path, timeout=10) as client:
+            wait_until(client.leader, 20, "a leader")
+
+            def drain_event() -> dict | None:
+                client.drain("n1", 1)  # again until the subscription is in place (slow joiner)
+                client.undrain("n1")
+                if not subscriber.poll(200):
+                    return None
+                kind, body = subscriber.recv_multipart()
+                event = json.loads(body)
+                assert kind.decode() == event["kind"]
+                return event
+
+            event = wait_until(drain_event, 20, "a drain event from n1's PUB socket")
+            assert event["node"] == "n1" and event["kind"].startswith("drain.")
+    finally:
+        subscriber.close()

@@ -7,13 +7,25 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
+import threading
 
 from caddy.client import Client
 from caddy.errors import CaddyError
 from tests.cluster.writers import CasWriter, check_all_acknowledged, writes_reach
-from tests.harness import run_ctl, started_cluster, wait_until
+from tests.harness import CADDY_CTL, run_ctl, started_cluster, wait_until
 
 FAST_CHECKS = {"failure_threshold": 3, "health_check_interval_ms": 200}
+
+
+def all_healthy(client: Client, judge: str) -> bool:
+    return set(client.status(judge)["failover"]["health"].values()) == {"healthy"}
+
+
+def another_leader(client: Client, *before: str) -> str | None:
+    leader = client.leader()
+    return leader if leader not in (None, *before) else None
 
 
 def write_passes(client: Client, key: str) -> bool:
@@ -37,15 +49,9 @@ def test_a_leader_whose_health_check_fails_hands_leadership_to_a_healthy_voter(t
     )
     with Client(cluster.topology, timeout=10) as client:
         old = cluster.leader(client)
-        wait_until(
-            lambda: set(client.status(old)["failover"]["health"].values()) == {"healthy"},
-            20,
-            "every member judged healthy by the leader",
-        )
+        wait_until(lambda: all_healthy(client, old), 20, "every member judged healthy")
         (flags / f"{old}.ok").unlink()
-        new = wait_until(
-            lambda: (leader := client.leader()) not in (None, old) and leader, 20, "a new leader"
-        )
+        new = wait_until(lambda: another_leader(client, old), 20, "a new leader")
         assert write_passes(client, "after-failover")
         section = client.status(old)["failover"]
         assert section["health"][old] == "failed"
@@ -165,3 +171,85 @@ def test_a_hook_that_hangs_is_killed_and_the_node_keeps_serving(tmp_path, proces
         assert "leader.elected" in marks.read_text().split()
         assert write_passes(client, "while-hooks-hang")
         assert client.get("while-hooks-hang") == b"v"
+
+
+def test_caddy_ctl_watch_shows_each_failover_event_once_in_order(tmp_path, processes):
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    for node in ("n1", "n2", "n3", "n4"):
+        (flags / f"{node}.ok").touch()
+    cluster = started_cluster(
+        tmp_path,
+        processes,
+        4,
+        roles=["voter", "voter", "voter", "learner"],
+        failover={
+            **FAST_CHECKS,
+            "health_checks": [{"command": f"test -f {flags}/{{node}}.ok"}],
+            "stabilization_ms": 1000,
+            "min_action_interval_ms": 300,
+        },
+    )
+    watch = subprocess.Popen(
+        [sys.executable, str(CADDY_CTL), "--topology", str(cluster.topology), "--json", "watch"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    processes.started.append(watch)  # killed at the end whatever happens
+    lines: list[dict] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(json.loads(line) for line in watch.stdout), daemon=True
+    )
+    reader.start()
+    with Client(cluster.topology, timeout=10) as client:
+        first = cluster.leader(client)
+        wait_until(lambda: all_healthy(client, first), 20, "every member judged healthy")
+        (flags / f"{first}.ok").unlink()  # (a): the leader's own check fails
+        second = wait_until(lambda: another_leader(client, first), 20, "a second leader")
+        # (b): the failed voter is replaced by the learner, then removed
+        wait_until(
+            lambda: first not in client.status(second)["quorum"]["voters"], 30, f"{first} removed"
+        )
+        cluster.kill(second, signal.SIGTERM)  # (c): a drain that hands leadership over
+        third = wait_until(lambda: another_leader(client, first, second), 20, "a third leader")
+        wait_until(lambda: any(e["kind"] == "drain.finished" for e in lines), 20, "the drain")
+        wait_until(
+            lambda: any(e["kind"] == "leader.elected" and e["node"] == third for e in lines),
+            20,
+            f"{third} elected, in the watch",
+        )
+    watch.send_signal(signal.SIGINT)
+    watch.wait(10)
+    reader.join(10)
+    keys = [(e["node"], e["seq"]) for e in lines]
+    assert len(keys) == len(set(keys)), "an event shown twice"
+    # Each node's own events come in the order they happened (across nodes, the wall clocks
+    # of their publishing threads decide, which causality does not bind).
+    stories = {
+        first: [("member.failed", first), ("leadership.moved", second)],
+        second: [
+            ("leader.elected", None),
+            ("member.failed", first),
+            ("learner.promoted", "n4"),
+            ("voter.removed", first),
+            ("drain.started", None),
+            ("leadership.moved", third),
+            ("drain.finished", None),
+        ],
+        third: [("leader.elected", None)],
+    }
+    for node, story in stories.items():
+        kinds = {kind for kind, _ in story}
+        shown = [
+            (e["kind"], e.get("member") or e.get("leader"))
+            for e in lines
+            if e["node"] == node and e["kind"] in kinds
+        ]
+        position = 0
+        for kind, subject in story:
+            while position < len(shown) and (
+                shown[position][0] != kind or subject not in (None, shown[position][1])
+            ):
+                position += 1
+            assert position < len(shown), f"{node}: {kind} {subject} missing or late in {shown}"
