@@ -72,6 +72,10 @@ GONE = ("dead", "left")
 CARRY_OUT_TIMEOUT_S = 5.0
 
 
+class RaftThreadLagging(Exception):
+    """The node's Raft thread did not answer a ping in time (a stalled disk, an overload)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RoundDone:
     """This node's own checks finished a round."""
@@ -122,7 +126,9 @@ class FailoverActor(pykka.ThreadingActor):
             )
             / 1000
         )
-        self._runner = HealthCheckRunner(node_id, settings.health_checks, user_checks)
+        self._max_raft_lag_s = settings.max_raft_lag_ms / 1000
+        own_checks = [*user_checks, self._raft_thread] if self._raft is not None else user_checks
+        self._runner = HealthCheckRunner(node_id, settings.health_checks, own_checks)
         self._round_pool = ThreadPoolExecutor(1, thread_name_prefix=f"caddy-checks-{node_id}")
         self._round_running = False
         self._next_round = time.monotonic()
@@ -228,6 +234,17 @@ class FailoverActor(pykka.ThreadingActor):
         tell = self.actor_ref.tell
         self._round_pool.submit(lambda: tell(RoundDone(self._runner.run(self._interval_s))))
 
+    def _raft_thread(self) -> None:
+        """The node's own check of its Raft thread (which also writes the log, so a disk that
+        stalls its fsyncs shows here): it must answer a ping within `max_raft_lag_ms`."""
+        assert self._raft is not None
+        try:
+            self._raft.ping().get(timeout=self._max_raft_lag_s)
+        except pykka.Timeout:
+            raise RaftThreadLagging(
+                f"no answer within {self._max_raft_lag_s * 1000:g} ms"
+            ) from None
+
     def _on_member(self, message: MemberStateChanged) -> None:
         self._gossip_state[message.member] = message.state
         reported = message.metadata.get(HEALTH_KEY)
@@ -273,13 +290,14 @@ class FailoverActor(pykka.ThreadingActor):
         history = self._histories.get(member)
         if history is None:
             history = self._histories[member] = HealthHistory(self._threshold)
+        before = history.state
         if not history.record(passed, now, reason):
             return
         if history.state is Health.FAILED:
             log.warning("node %s: %s failed: %s", self._node_id, member, reason)
             self._events.publish(MemberFailed, member=member, reason=reason)
-        else:
-            log.info("node %s: %s is healthy", self._node_id, member)
+        elif before is Health.FAILED:  # from unknown, a first verdict is no recovery
+            log.info("node %s: %s recovered", self._node_id, member)
             self._events.publish(MemberRecovered, member=member)
 
     def _publish_own_health(self) -> None:

@@ -439,6 +439,9 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             self._process_ready()
         return refusal
 
+    def ping(self) -> None:
+        """Answered as soon as this thread gets to it: the failover's lag check."""
+
     def set_draining(self, draining: bool) -> None:
         """Draining: redirect every new client request; those queued already finish."""
         self.service.draining = draining
