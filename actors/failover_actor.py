@@ -28,7 +28,7 @@ from actors.health_checks import HealthCheckRunner, RoundResult, UserCheck
 from actors.hooks import HookRunner
 from actors.status_board import StatusBoard
 from actors.ticker import Tick
-from actors.transport import Transport
+from actors.transport import Inbound, Transport
 from caddy.config import ClusterConfig
 from caddy.events import (
     DrainFinished,
@@ -61,6 +61,15 @@ from caddy.failover import (
 )
 from caddy.quorum import contact_window_ms
 from caddy.raft.types import Membership
+from caddy.reconfig import plan_request
+from caddy.replication.replies import (
+    ERROR_KIND,
+    OK_KIND,
+    REDIRECT_KIND,
+    error_body,
+    ok_body,
+    redirect_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +164,9 @@ class FailoverActor(pykka.ThreadingActor):
     # ----- mailbox ------------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> None:
-        if isinstance(message, Tick):
+        if isinstance(message, Inbound) and message.route is not None:
+            self._on_admin(message)
+        elif isinstance(message, Tick):
             self._step_drain()
             if time.monotonic() >= self._next_round:
                 self._next_round += self._interval_s
@@ -313,15 +324,15 @@ class FailoverActor(pykka.ThreadingActor):
         m = self._membership
         return m.voters | m.learners | m.witnesses
 
-    def _decide(self, now: float) -> None:
+    def _view(self, now: float) -> ClusterView | None:
+        """What this node knows, as the policies read it; None unless it leads."""
         raft = self._board.raft
         if raft is None or raft.state != "leader" or self._raft is None:
-            self._decision = Decision()
-            return
+            return None
         match = {peer: int(p["match"]) for peer, p in raft.followers.items()}
         match[self._node_id] = raft.last_log_index
         m = self._membership
-        view = ClusterView(
+        return ClusterView(
             node_id=self._node_id,
             leader=True,
             has_quorum=self._has_quorum,
@@ -338,11 +349,36 @@ class FailoverActor(pykka.ThreadingActor):
             now=now,
             last_action_at=self._last_action_at,
         )
-        self._decision = decide(view, self._policy)
+
+    def _decide(self, now: float) -> None:
+        view = self._view(now)
+        self._decision = decide(view, self._policy) if view is not None else Decision()
         if self._decision.action is not None:
             self._carry_out(self._decision.action, now)
 
-    def _carry_out(self, action: Action, now: float) -> None:
+    def _on_admin(self, request: Inbound) -> None:
+        """An operator's `admin.*` request (caddy-ctl): answered by the leader, checked by
+        `caddy.reconfig`; a follower redirects it."""
+        assert request.route is not None
+        envelope = request.envelope
+        view = self._view(time.monotonic())
+        if view is None:
+            leader = self._board.raft.leader if self._board.raft is not None else None
+            self._transport.reply(request.route, REDIRECT_KIND, redirect_body(leader))
+            return
+        body = envelope.body if isinstance(envelope.body, dict) else {}
+        plan = plan_request(envelope.kind, body, view, self._policy.max_lag_entries)
+        refusal = plan.refusal
+        if refusal is None and plan.action is not None:
+            refusal = self._carry_out(plan.action, time.monotonic())
+        if refusal is not None:
+            self._transport.reply(request.route, ERROR_KIND, error_body(refusal, retry=False))
+        else:
+            self._transport.reply(request.route, OK_KIND, ok_body(plan.value))
+        self._section = self._status()
+
+    def _carry_out(self, action: Action, now: float) -> str | None:
+        """Ask the Raft actor to start `action`; record it; the refusal, or None."""
         assert self._raft is not None
         try:
             refusal = self._raft.carry_out(action).get(timeout=CARRY_OUT_TIMEOUT_S)
@@ -358,7 +394,7 @@ class FailoverActor(pykka.ThreadingActor):
         }
         if refusal is not None:
             log.warning("node %s: failover %s refused: %s", self._node_id, action.kind, refusal)
-            return
+            return refusal
         log.warning(
             "node %s: failover: %s %s: %s",
             self._node_id,
@@ -372,6 +408,7 @@ class FailoverActor(pykka.ThreadingActor):
             self._events.publish(LearnerPromoted, member=action.node, reason=action.reason)
         elif isinstance(action, RemoveVoter):
             self._events.publish(VoterRemoved, member=action.node, reason=action.reason)
+        return None
 
     def _leader_changed(self, leader: str | None) -> None:
         moving, self._moving = self._moving, None

@@ -48,6 +48,7 @@ from caddy.raft.ready import Ready, Snapshot, SoftState, StateRole
 from caddy.raft.storage_api import LogStorage
 from caddy.raft.timings import RaftTimings
 from caddy.raft.types import Entry, EntryKind, Membership, SnapshotMeta
+from caddy.reconfig import membership_document
 from caddy.replication.locks import LockView, SweepTimer, sweep_entry, with_locks
 from caddy.replication.service import KeyValueService
 from caddy.replication.state_machine import StateMachine
@@ -189,6 +190,7 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self._publish_status()
         board.contribute("raft", self._status_section, top_level=True)
         board.contribute("votes", lambda: self._votes_section)
+        board.contribute("membership", lambda: membership_document(self._membership))
 
     @staticmethod
     def _create_actor_inbox() -> ReadingInbox:

@@ -156,6 +156,7 @@ FENCING = SubsystemSpec(
 FAILOVER = SubsystemSpec(
     "failover",
     _start_failover,
+    client_prefixes=("admin",),
     ticks=True,
     tick_every_ms=FAILOVER_TICK_MS,
     events=FAILOVER_EVENTS,

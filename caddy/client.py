@@ -247,6 +247,11 @@ class Client:
         """`node_id` takes client requests again; False when it was not draining."""
         return bool(self._ask_node(node_id, "client.undrain", {}).get("undrained"))
 
+    def admin(self, kind: str, body: dict[str, Any]) -> Any:
+        """An operator request (`admin.change`, `admin.transfer`, `admin.check_restart`:
+        CONTRACT 8), answered by the leader; RequestFailed with the reason when it refuses."""
+        return self._call(kind, body)
+
     def _ask_node(self, node_id: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         """One node's answer to an operator request; Unavailable when it does not answer."""
         answers = self.gather([node_id], kind, body, self.timeout)

@@ -42,7 +42,7 @@ from caddy.bounds import MAX_NAME_LENGTH
 from caddy.client import Client
 from caddy.config import ClusterConfig, ConfigError, load_topology
 from caddy.errors import CaddyError, LockLost, ValueTooLarge
-from caddy.request_policy import check_size
+from caddy.request_policy import RequestFailed, check_size
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CANNOT_RUN = 127  # lock's COMMAND could not be started (as a shell says)
@@ -175,6 +175,31 @@ def build_parser() -> argparse.ArgumentParser:
     undrain = commands.add_parser("undrain", help="NODE takes client requests again")
     undrain.add_argument("node", type=non_empty_text, metavar="NODE")
     commands.add_parser("watch", help="every node's events, one per line, until Ctrl-C")
+    add_node = commands.add_parser("add-node", help="add a node of the topology to the cluster")
+    add_node.add_argument("node", type=non_empty_text, metavar="ID")
+    add_node.add_argument("address", type=non_empty_text, metavar="ADDRESS")
+    add_node.add_argument("--client-address", type=non_empty_text, metavar="A")
+    add_node.add_argument("--role", choices=("voter", "learner", "witness"), default="voter")
+    remove_node = commands.add_parser("remove-node", help="remove ID from the cluster")
+    remove_node.add_argument("node", type=non_empty_text, metavar="ID")
+    remove_node.add_argument(
+        "--force",
+        action="store_true",
+        help="even when the healthy members would then lack a quorum: the cluster may stop "
+        "taking writes until the missing members return",
+    )
+    for name, text in (
+        ("promote", "learner ID becomes a voter"),
+        ("demote", "voter ID becomes a learner"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("node", type=non_empty_text, metavar="ID")
+    transfer = commands.add_parser(
+        "transfer-leader", help="move leadership to ID, or to the best caught-up voter"
+    )
+    transfer.add_argument("node", nargs="?", type=non_empty_text, metavar="ID")
+    check = commands.add_parser("check-restart", help='"safe" or "unsafe: REASON" to stop ID now')
+    check.add_argument("node", type=non_empty_text, metavar="ID")
     return parser
 
 
@@ -195,9 +220,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 # ----- checks that need the topology ----------------------------------------------------------
 
 
+_NAMING_A_NODE = (
+    "status",
+    "votes",
+    "drain",
+    "undrain",
+    "add-node",
+    "remove-node",
+    "promote",
+    "demote",
+    "transfer-leader",
+    "check-restart",
+)
+
+
 def topology_problem(config: ClusterConfig, args: argparse.Namespace) -> str | None:
     """Why `args` cannot be sent to the cluster of `config` (one line), or None."""
-    if args.command in ("status", "votes", "drain", "undrain") and args.node is not None:
+    if args.command in _NAMING_A_NODE and args.node is not None:
         known = [node.id for node in config.nodes]
         if args.node not in known:
             return (
@@ -552,6 +591,85 @@ def _field(value: object) -> str:
     return _dash(value)
 
 
+def _change(client: Client, args: argparse.Namespace, change: str, force: bool = False) -> dict:
+    body = {"change": change, "node": args.node, "force": force}
+    membership = client.admin("admin.change", body)
+    _say(
+        args,
+        {"change": change, "node": args.node, "membership": membership},
+        f"{change.replace('_', ' ')} {args.node}: voters {', '.join(membership['voters'])}"
+        + (f"; learners {', '.join(membership['learners'])}" if membership["learners"] else ""),
+    )
+    return membership
+
+
+def _add_node(client: Client, args: argparse.Namespace) -> int:
+    """A node of the topology joins as a learner (or witness); as a voter once caught up."""
+    node = client.config.node(args.node)
+    if args.address != node.address or args.client_address not in (None, node.client_address):
+        _error(
+            f"add-node: {args.node} is in {client.config.source} with address {node.address}"
+            f" (client {node.client_address}); a new machine needs its own topology entry"
+        )
+        return EXIT_FAILURE
+    if args.role == "witness":
+        _change(client, args, "add_witness")
+        return EXIT_OK
+    _change(client, args, "add_learner")
+    if args.role == "learner":
+        return EXIT_OK
+    deadline = time.monotonic() + args.timeout
+    while True:  # the leader refuses the promotion until the learner holds the log
+        try:
+            _change(client, args, "promote")
+            return EXIT_OK
+        except RequestFailed as error:
+            if time.monotonic() > deadline:
+                raise RequestFailed(
+                    f"{args.node} did not catch up in {args.timeout:g} s: {error}"
+                ) from None
+            time.sleep(0.1)
+
+
+def _remove_node(client: Client, args: argparse.Namespace) -> int:
+    _change(client, args, "remove", force=args.force)
+    return EXIT_OK
+
+
+def _promote(client: Client, args: argparse.Namespace) -> int:
+    _change(client, args, "promote")
+    return EXIT_OK
+
+
+def _demote(client: Client, args: argparse.Namespace) -> int:
+    _change(client, args, "demote")
+    return EXIT_OK
+
+
+def _transfer_leader(client: Client, args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    target = client.admin("admin.transfer", {"node": args.node})
+    while client.leader() != target:
+        if time.monotonic() - started > args.timeout:
+            _error(f"leadership did not reach {target} within {args.timeout:g} s")
+            return EXIT_FAILURE
+        time.sleep(0.005)
+    took_ms = (time.monotonic() - started) * 1000
+    _say(
+        args,
+        {"leader": target, "ms": round(took_ms, 1)},
+        f"leadership moved to {target} ({took_ms:.0f} ms)",
+    )
+    return EXIT_OK
+
+
+def _check_restart(client: Client, args: argparse.Namespace) -> int:
+    verdict = client.admin("admin.check_restart", {"node": args.node})
+    text = "safe" if verdict["safe"] else f"unsafe: {verdict['reason']}"
+    _say(args, {"node": args.node, **verdict}, text)
+    return EXIT_OK if verdict["safe"] else EXIT_FAILURE
+
+
 def _run_holding(command: list[str], token: int) -> int:
     environment = {**os.environ, "CADDY_FENCING_TOKEN": str(token)}
     try:
@@ -582,6 +700,12 @@ _COMMANDS = {
     "drain": _drain,
     "undrain": _undrain,
     "watch": _watch,
+    "add-node": _add_node,
+    "remove-node": _remove_node,
+    "promote": _promote,
+    "demote": _demote,
+    "transfer-leader": _transfer_leader,
+    "check-restart": _check_restart,
 }
 
 

@@ -161,7 +161,17 @@ class RemoveVoter:
     kind: str = "remove_voter"
 
 
-Action = TransferLeadership | PromoteLearner | RemoveVoter
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """An operator's change (`caddy.reconfig` checked it first)."""
+
+    change: ChangeKind
+    node: str
+    reason: str
+    kind: str = "membership_change"
+
+
+Action = TransferLeadership | PromoteLearner | RemoveVoter | MembershipChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,15 +290,20 @@ def carry_out(core: RaftNode, action: Action) -> str | None:
     try:
         if isinstance(action, TransferLeadership):
             core.transfer_leadership(action.target)
-        elif isinstance(action, PromoteLearner):
+            return None
+        if isinstance(action, PromoteLearner):
+            change = ChangeKind.PROMOTE_LEARNER
+        elif isinstance(action, RemoveVoter):
+            change = ChangeKind.REMOVE_NODE
+        else:
+            change = action.change
+        if change is ChangeKind.PROMOTE_LEARNER:
             progress = core.progress_of(action.node)
             match = progress.match if progress is not None else None
             refusal = promotion_refusal(action.node, match, core.commit_index)
             if refusal is not None:
                 return refusal
-            core.change_membership(ChangeKind.PROMOTE_LEARNER, action.node)
-        else:
-            core.change_membership(ChangeKind.REMOVE_NODE, action.node)
+        core.change_membership(change, action.node)
     except (NotLeader, RequestRejected) as error:
         return str(error) or type(error).__name__
     return None

@@ -32,6 +32,7 @@ class ChangeKind(Enum):
     ADD_LEARNER = "add_learner"
     ADD_WITNESS = "add_witness"
     PROMOTE_LEARNER = "promote_learner"
+    DEMOTE_VOTER = "demote_voter"  # a voter becomes a learner: it leaves the voting set
     REMOVE_NODE = "remove_node"
 
 
@@ -90,6 +91,12 @@ def apply_change(membership: Membership, kind: ChangeKind, node_id: str) -> Memb
         if role is not MemberRole.LEARNER:
             raise RequestRejected(f"{node_id} is not a learner")
         learners, voters = learners - {node_id}, voters | {node_id}
+    elif kind is ChangeKind.DEMOTE_VOTER:
+        if role is not MemberRole.VOTER:
+            raise RequestRejected(f"{node_id} is not a voter")
+        if voters == {node_id}:
+            raise RequestRejected(f"{node_id} is the last voter")
+        voters, learners = voters - {node_id}, learners | {node_id}
     else:
         if role is MemberRole.NONE:
             raise RequestRejected(f"{node_id} is not a member")

@@ -13,14 +13,9 @@ import threading
 
 from caddy.client import Client
 from caddy.errors import CaddyError
+from tests.cluster.failover_helpers import FAST_CHECKS, all_healthy, with_learner
 from tests.cluster.writers import CasWriter, check_all_acknowledged, writes_reach
 from tests.harness import CADDY_CTL, run_ctl, started_cluster, wait_until
-
-FAST_CHECKS = {"failure_threshold": 3, "health_check_interval_ms": 200}
-
-
-def all_healthy(client: Client, judge: str) -> bool:
-    return set(client.status(judge)["failover"]["health"].values()) == {"healthy"}
 
 
 def another_leader(client: Client, *before: str) -> str | None:
@@ -71,13 +66,7 @@ def test_a_leader_whose_health_check_fails_hands_leadership_to_a_healthy_voter(t
 def test_a_dead_voter_is_replaced_by_the_learner_and_the_cluster_survives_one_more(
     tmp_path, processes
 ):
-    cluster = started_cluster(
-        tmp_path,
-        processes,
-        4,
-        roles=["voter", "voter", "voter", "learner"],
-        failover={**FAST_CHECKS, "stabilization_ms": 1500, "min_action_interval_ms": 300},
-    )
+    cluster = with_learner(tmp_path, processes, stabilization_ms=1500, min_action_interval_ms=300)
     with Client(cluster.topology, timeout=10) as client:
         leader = cluster.leader(client)
         assert write_passes(client, "before")
@@ -178,17 +167,12 @@ def test_caddy_ctl_watch_shows_each_failover_event_once_in_order(tmp_path, proce
     flags.mkdir()
     for node in ("n1", "n2", "n3", "n4"):
         (flags / f"{node}.ok").touch()
-    cluster = started_cluster(
+    cluster = with_learner(
         tmp_path,
         processes,
-        4,
-        roles=["voter", "voter", "voter", "learner"],
-        failover={
-            **FAST_CHECKS,
-            "health_checks": [{"command": f"test -f {flags}/{{node}}.ok"}],
-            "stabilization_ms": 1000,
-            "min_action_interval_ms": 300,
-        },
+        health_checks=[{"command": f"test -f {flags}/{{node}}.ok"}],
+        stabilization_ms=1000,
+        min_action_interval_ms=300,
     )
     watch = subprocess.Popen(
         [sys.executable, str(CADDY_CTL), "--topology", str(cluster.topology), "--json", "watch"],

@@ -6,7 +6,8 @@ Each node judges every member of its configuration each `CHECK_EVERY` steps thro
 `HealthHistory` (a peer passes when it is up, reachable both ways and not sick: what the
 transport's contact and the peer's gossiped verdict tell a real node); whoever leads decides
 and carries the action out on its core, as the FailoverActor does. The policy is the only
-source of membership changes here.
+source of membership changes here, besides operator requests (`caddy.reconfig`'s rules, as
+caddy-ctl sends them: adds, promotions, demotions, removals, some forced, and transfers).
 
 Checked at every action, beside Raft's own invariants:
 - a removal never leaves fewer than `min_quorum` voters, removes only a voter its leader judged
@@ -17,6 +18,9 @@ Checked at every action, beside Raft's own invariants:
 - leadership goes only to a voter its leader judged healthy and that holds every committed
   entry, and only from a leader that is sick or was judged failed;
 - no action comes from a node that is not leader, or twice within the minimum interval;
+- an operator's removal or demotion that the rules let through (unforced) leaves the members
+  judged healthy and holding every committed entry a quorum; a promotion or a transfer they let
+  through goes to a node holding every committed entry;
 and after healing, the cluster settles as Raft's own simulation demands.
 """
 
@@ -29,6 +33,7 @@ from caddy.failover import (
     ClusterView,
     Health,
     HealthHistory,
+    MembershipChange,
     PolicySettings,
     PromoteLearner,
     RemoveVoter,
@@ -38,6 +43,7 @@ from caddy.failover import (
 )
 from caddy.quorum import QuorumRule, VotingConfig
 from caddy.raft.ready import StateRole
+from caddy.reconfig import Change, change_refusal, transfer_refusal, transfer_target
 from tests.sim.raft_sim import InvariantViolation, Scenario, SimNode, World, run_seed
 
 CHECK_EVERY = 5  # steps between two health check rounds
@@ -66,6 +72,8 @@ class FailoverWorld(World):
             min_action_interval_s=rng.choice((0, 10, 30)),
         )
         self.sick_rate = rng.choice((0.0, 0.005, 0.02))
+        self.operator_rate = rng.choice((0.0, 0.1, 0.3))  # per check round: an operator request
+        self.operator_changes: list[tuple[int, Change, str, bool]] = []
         self.sick_until: dict[str, int] = {}
         self.histories: dict[str, dict[str, HealthHistory]] = {}
         self.last_action_at: dict[str, float] = {}
@@ -97,6 +105,8 @@ class FailoverWorld(World):
             for node in self.live_nodes():
                 if node.core.state is StateRole.LEADER:
                     self.decide(node)
+                    if faults and self.rng.random() < self.operator_rate:
+                        self.operate(node)
 
     def reachable(self, observer: str, member: str) -> bool:
         """What the transport's contact shows `observer`: up, and linked both ways."""
@@ -155,6 +165,63 @@ class FailoverWorld(World):
             self.actions.append((self.now, node.id, action))
             self.last_action_at[node.id] = float(self.now)
 
+    def operate(self, node: SimNode) -> None:
+        """An operator's request, as caddy-ctl sends it: checked by `caddy.reconfig` first."""
+        rng = self.rng
+        view = self.view_of(node)
+        lag = self.policy.max_lag_entries
+        if rng.random() < 0.2:
+            target = rng.choice([*self.nodes, None])
+            target = target or transfer_target(view, lag)
+            if target is not None and transfer_refusal(view, target, lag) is None:
+                progress = node.core.progress_of(target)
+                if progress is None or progress.match < node.core.commit_index:
+                    raise InvariantViolation(f"operator transfer to {target}, missing commits")
+                carry_out(node.core, TransferLeadership(target, reason="operator"))
+            return
+        change = rng.choice(list(Change))
+        membership = node.core.membership
+        members = membership.voters | membership.learners | membership.witnesses
+        fitting = {  # mostly a node the change fits; now and then any, to meet the refusals
+            Change.ADD_VOTER: set(self.nodes) - members,
+            Change.ADD_LEARNER: set(self.nodes) - members,
+            Change.ADD_WITNESS: set(self.nodes) - members,
+            Change.PROMOTE: set(membership.learners),
+            Change.DEMOTE: set(membership.voters),
+            Change.REMOVE: set(members),
+        }[change]
+        pool = sorted(fitting) if fitting and rng.random() < 0.8 else list(self.nodes)
+        member = rng.choice(pool)
+        force = rng.random() < 0.1
+        if change_refusal(view, change, member, lag, force=force) is not None:
+            return
+        if change is Change.PROMOTE:
+            self.check_promotion(node, PromoteLearner(member, reason="operator"))
+        if change in (Change.REMOVE, Change.DEMOTE) and not force:
+            self.check_operator_shrink(node, view, change, member)
+        if carry_out(node.core, MembershipChange(change.raft_kind, member, "operator")) is None:
+            self.log(f"operator {node.id}: {change.value} {member}{' forced' if force else ''}")
+            self.operator_changes.append((self.now, change, member, force))
+
+    def check_operator_shrink(
+        self, node: SimNode, view: ClusterView, change: Change, member: str
+    ) -> None:
+        """Counted here apart from the rules: the members judged healthy whose log holds every
+        committed entry must make progress in the configuration without `member`'s vote."""
+        membership = node.core.membership
+        after = VotingConfig(membership.voters - {member}, membership.witnesses - {member})
+        able = {
+            m
+            for m in after.voting
+            if view.verdict(m).state is Health.HEALTHY
+            and (
+                m == node.id
+                or getattr(node.core.progress_of(m), "match", -1) >= node.core.commit_index
+            )
+        }
+        if not after.can_progress(able):
+            raise InvariantViolation(f"operator {change.value} {member}: the rest lack quorum")
+
     # ----- invariants -----------------------------------------------------------------------------
 
     def check_action(self, node: SimNode, view: ClusterView, action: Action) -> None:
@@ -205,6 +272,8 @@ class FailoverWorld(World):
 
     def settled(self) -> bool:
         leader = self.any_leader()
+        if self.operator_changes:
+            return super().settled()  # an operator may go below the floor failover keeps
         if leader is not None and len(leader.core.membership.voters) < min(
             self.policy.min_quorum, len(self.scenario.voters)
         ):

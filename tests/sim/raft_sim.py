@@ -602,7 +602,9 @@ class World:
             core = node.core
             self.note_commit(node)
             if core.state is StateRole.LEADER:
-                if core.member_role is MemberRole.LEARNER:
+                # A voter whose demotion is appended but not committed may still win (as one
+                # whose removal is: `RaftNode._promotable`); it steps down once it commits it.
+                if core.member_role is MemberRole.LEARNER and not core.membership_change_pending:
                     raise InvariantViolation(f"learner {node.id} leads")
                 if core.member_role is MemberRole.WITNESS:
                     self.witness_terms.add(core.term)

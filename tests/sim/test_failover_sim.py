@@ -8,6 +8,7 @@ import os
 import pytest
 
 from caddy.failover import PromoteLearner, RemoveVoter, TransferLeadership
+from caddy.reconfig import Change
 from tests.sim.failover_sim import run_failover_seed
 
 
@@ -23,8 +24,10 @@ def test_seed_keeps_quorum_and_promotes_only_caught_up_learners(seed):
 
 
 def test_the_seeds_exercise_every_action():
-    worlds = [run_failover_seed(seed) for seed in range(40)]
+    worlds = [run_failover_seed(seed) for seed in range(80)]
     kinds = [type(action) for world in worlds for _, _, action in world.actions]
     assert kinds.count(TransferLeadership) > 5
     assert kinds.count(PromoteLearner) > 5
     assert kinds.count(RemoveVoter) > 5
+    changes = [change for world in worlds for _, change, _, _ in world.operator_changes]
+    assert len(set(changes)) == len(Change), f"operator changes seen: {set(changes)}"

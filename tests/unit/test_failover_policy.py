@@ -19,11 +19,10 @@ from caddy.failover import (
     carry_out,
     decide,
 )
+from tests.unit.cluster_views import NOW, OK, leader_view
 from tests.unit.raft.cluster import Cluster
 
 SETTINGS = PolicySettings(stabilization_s=10, min_quorum=3, max_lag_entries=5)
-OK = Verdict(Health.HEALTHY, 0.0)
-NOW = 100.0
 
 
 def failed(ago: float, reason: str = "check failed") -> Verdict:
@@ -31,21 +30,7 @@ def failed(ago: float, reason: str = "check failed") -> Verdict:
 
 
 def view(**changes: object) -> ClusterView:
-    """n1 leads n1..n3 (plus learner n4), all healthy and caught up at index 50."""
-    base = ClusterView(
-        node_id="n1",
-        leader=True,
-        has_quorum=True,
-        voters=frozenset({"n1", "n2", "n3"}),
-        learners=frozenset({"n4"}),
-        health={"n1": OK, "n2": OK, "n3": OK, "n4": OK},
-        match={"n1": 50, "n2": 50, "n3": 50, "n4": 50},
-        commit_index=50,
-        last_index=50,
-        desired_voters=3,
-        now=NOW,
-    )
-    return replace(base, **changes)
+    return leader_view(**changes)
 
 
 def health(**states: Verdict) -> dict[str, Verdict]:

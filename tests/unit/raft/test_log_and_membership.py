@@ -94,9 +94,13 @@ def test_single_changes_and_their_refusals():
     m = apply_change(m, ChangeKind.PROMOTE_LEARNER, "b")
     m = apply_change(m, ChangeKind.ADD_WITNESS, "w")
     assert m == Membership(frozenset({"a", "b"}), frozenset(), frozenset({"w"}))
+    m = apply_change(m, ChangeKind.DEMOTE_VOTER, "a")
+    assert (m.voters, m.learners) == ({"b"}, {"a"})
     m = apply_change(m, ChangeKind.REMOVE_NODE, "a")
     assert m.voters == {"b"}
     for kind, node in [
+        (ChangeKind.DEMOTE_VOTER, "b"),  # the last voter
+        (ChangeKind.DEMOTE_VOTER, "w"),
         (ChangeKind.ADD_VOTER, "b"),
         (ChangeKind.PROMOTE_LEARNER, "w"),
         (ChangeKind.REMOVE_NODE, "nobody"),
