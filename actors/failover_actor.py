@@ -85,6 +85,10 @@ class RaftThreadLagging(Exception):
     """The node's Raft thread did not answer a ping in time (a stalled disk, an overload)."""
 
 
+class SlowDisk(Exception):
+    """An fsync of the node's log took longer than `max_fsync_ms`."""
+
+
 @dataclass(frozen=True, slots=True)
 class RoundDone:
     """This node's own checks finished a round."""
@@ -136,6 +140,7 @@ class FailoverActor(pykka.ThreadingActor):
             / 1000
         )
         self._max_raft_lag_s = settings.max_raft_lag_ms / 1000
+        self._max_fsync_s = settings.max_fsync_ms / 1000
         own_checks = [*user_checks, self._raft_thread] if self._raft is not None else user_checks
         self._runner = HealthCheckRunner(node_id, settings.health_checks, own_checks)
         self._round_pool = ThreadPoolExecutor(1, thread_name_prefix=f"caddy-checks-{node_id}")
@@ -246,15 +251,20 @@ class FailoverActor(pykka.ThreadingActor):
         self._round_pool.submit(lambda: tell(RoundDone(self._runner.run(self._interval_s))))
 
     def _raft_thread(self) -> None:
-        """The node's own check of its Raft thread (which also writes the log, so a disk that
-        stalls its fsyncs shows here): it must answer a ping within `max_raft_lag_ms`."""
+        """The node's own check of its Raft thread and disk: the thread (which also writes the
+        log) must answer a ping within `max_raft_lag_ms`, and no fsync of the log since the
+        last round may have taken longer than `max_fsync_ms`."""
         assert self._raft is not None
         try:
-            self._raft.ping().get(timeout=self._max_raft_lag_s)
+            slowest_sync_s = self._raft.ping().get(timeout=self._max_raft_lag_s)
         except pykka.Timeout:
-            raise RaftThreadLagging(
-                f"no answer within {self._max_raft_lag_s * 1000:g} ms"
-            ) from None
+            lag_ms = self._max_raft_lag_s * 1000
+            raise RaftThreadLagging(f"no answer within {lag_ms:g} ms") from None
+        if slowest_sync_s > self._max_fsync_s:
+            raise SlowDisk(
+                f"an fsync of the log took {slowest_sync_s * 1000:.0f} ms "
+                f"(at most {self._max_fsync_s * 1000:g} ms)"
+            )
 
     def _on_member(self, message: MemberStateChanged) -> None:
         self._gossip_state[message.member] = message.state

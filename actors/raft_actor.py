@@ -441,8 +441,10 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
             self._process_ready()
         return refusal
 
-    def ping(self) -> None:
-        """Answered as soon as this thread gets to it: the failover's lag check."""
+    def ping(self) -> float:
+        """Answered as soon as this thread gets to it (the failover's lag check), with the
+        longest fsync of the log since the last ping (its disk check)."""
+        return self._storage.take_slowest_sync_s()
 
     def set_draining(self, draining: bool) -> None:
         """Draining: redirect every new client request; those queued already finish."""

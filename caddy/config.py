@@ -169,6 +169,7 @@ class FailoverSettings:
     health_check_interval_ms: int = 1000
     health_checks: tuple[HealthCheck, ...] = ()
     max_raft_lag_ms: int = 1000  # the node's Raft thread answering slower fails its own check
+    max_fsync_ms: int = 1000  # ... and so does one fsync of its log taking longer
     stabilization_ms: int = _setting(10_000, minimum=0)  # failed this long: replaced, removed
     min_quorum: int = 3  # automatic removals never leave fewer voters
     max_lag_entries: int = _setting(

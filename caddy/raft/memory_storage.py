@@ -141,6 +141,9 @@ class MemoryLogStorage:
         self._replay(len(self._pending))
         self.sync_count += 1
 
+    def take_slowest_sync_s(self) -> float:
+        return 0.0  # memory has no disk to stall
+
     def close(self) -> None:
         self.sync()
 

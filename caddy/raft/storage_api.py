@@ -81,6 +81,10 @@ class LogStorage(Protocol):
         """Make every write above durable (one fsync covers many appends)."""
         ...
 
+    def take_slowest_sync_s(self) -> float:
+        """The longest `sync` since the last call, in seconds (0.0 if none)."""
+        ...
+
     def close(self) -> None:
         """Sync and release the storage."""
         ...

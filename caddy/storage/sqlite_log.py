@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import struct
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -83,6 +84,7 @@ class SqliteLogStorage:
         self.node_id = node_id
         self._snapshot_file = SnapshotFile(self.directory / SNAPSHOT_NAME)
         self._closed = False
+        self._slowest_sync_s = 0.0
         with ExitStack() as undo_on_failure:
             self._lock_descriptor = self._lock_directory()
             undo_on_failure.callback(os.close, self._lock_descriptor)
@@ -313,8 +315,15 @@ class SqliteLogStorage:
     def sync(self) -> None:
         """Make every write so far durable with one fsync of the WAL (group commit)."""
         if self._connection.in_transaction:
+            started = time.perf_counter()
             with sqlite_errors_as_storage_errors("syncing the log"):
                 self._connection.execute("COMMIT")
+            self._slowest_sync_s = max(self._slowest_sync_s, time.perf_counter() - started)
+
+    def take_slowest_sync_s(self) -> float:
+        """The longest `sync` since the last call (0.0 if none): the failover's disk check."""
+        slowest, self._slowest_sync_s = self._slowest_sync_s, 0.0
+        return slowest
 
     def close(self) -> None:
         """Sync what was written and release the data dir; closing twice is harmless."""

@@ -19,16 +19,22 @@ from tests.harness import wait_until
 
 
 class SlowRaft(pykka.ThreadingActor):
-    """Answers pings at once until `stall` is set, then after `stall_s`."""
+    """Answers pings at once until `stall` is set, then after `stall_s`; reports `sync_s` as
+    the slowest fsync while `slow_disk` is set."""
 
     def __init__(self, stall_s: float) -> None:
         super().__init__()
         self.stall = threading.Event()
         self.stall_s = stall_s
+        self.slow_disk = threading.Event()
 
-    def ping(self) -> None:
+    def ping(self) -> float:
         if self.stall.is_set():
             time.sleep(self.stall_s)
+        return 2.5 if self.slow_disk.is_set() else 0.001
+
+    def disk(self) -> threading.Event:
+        return self.slow_disk
 
     def stalled(self) -> threading.Event:
         return self.stall
@@ -54,7 +60,7 @@ def config():
     )
 
 
-def test_a_raft_thread_that_stops_answering_fails_the_nodes_own_check(config) -> None:
+def test_a_raft_thread_that_stops_answering_or_a_slow_fsync_fails_the_own_check(config) -> None:
     raft = SlowRaft.start(0.3)
     bus = EventBus("n1")
     board = StatusBoard()
@@ -81,6 +87,14 @@ def test_a_raft_thread_that_stops_answering_fails_the_nodes_own_check(config) ->
         )
         raft.proxy().stalled().get().clear()
         wait_until(lambda: section()["health"]["n1"] == "healthy", 10, "n1 healthy again")
+        raft.proxy().disk().get().set()
+        wait_until(lambda: section()["health"]["n1"] == "failed", 10, "n1 failed on its disk")
+        assert (
+            "SlowDisk: an fsync of the log took 2500 ms (at most 1000 ms)"
+            in (section()["reasons"]["n1"])
+        )
+        raft.proxy().disk().get().clear()
+        wait_until(lambda: section()["health"]["n1"] == "healthy", 10, "n1 healthy once more")
         kinds = wait_until(
             lambda: [e.kind for e in seen] if len(seen) >= 2 else None, 10, "both events"
         )

@@ -314,3 +314,18 @@ def test_cutting_the_log_to_a_snapshot_does_not_rewrite_what_it_drops(tmp_path: 
     log.save_snapshot(SnapshotMeta(index=100, term=1, membership=MEMBERSHIP), b"state")
     assert wal.stat().st_size - before < 100_000
     log.close()
+
+
+def test_the_slowest_sync_since_the_last_look_is_kept_for_the_disk_check(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    try:
+        log.take_slowest_sync_s()  # opening wrote (and synced) the log's owner
+        assert log.take_slowest_sync_s() == 0.0
+        log.append(entries(1, 3))
+        log.sync()
+        log.sync()  # nothing to commit: no fsync, nothing measured
+        slowest = log.take_slowest_sync_s()
+        assert slowest > 0.0
+        assert log.take_slowest_sync_s() == 0.0  # taken: the next round starts afresh
+    finally:
+        log.close()
