@@ -36,12 +36,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from caddy.bounds import MAX_NAME_LENGTH
 from caddy.client import Client
 from caddy.config import ClusterConfig, ConfigError, load_topology
-from caddy.errors import CaddyError, LockLost, ValueTooLarge
+from caddy.errors import CaddyError, LockLost, Unavailable, ValueTooLarge
 from caddy.request_policy import RequestFailed, check_size
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -200,6 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("node", nargs="?", type=non_empty_text, metavar="ID")
     check = commands.add_parser("check-restart", help='"safe" or "unsafe: REASON" to stop ID now')
     check.add_argument("node", type=non_empty_text, metavar="ID")
+    rolling = commands.add_parser(
+        "rolling-restart",
+        help="restart every node in turn, leader last, each only when safe and after the one "
+        "before is back and caught up",
+    )
+    rolling.add_argument(
+        "--command",
+        dest="restart_command",
+        required=True,
+        type=non_empty_text,
+        metavar="CMD",
+        help="a shell command that restarts one node; {node} in it is the node's id",
+    )
+    rolling.add_argument(
+        "--wait",
+        type=wait_seconds,
+        default=120.0,
+        metavar="SECONDS",
+        help="the longest wait for a node to be safe to restart, or back (default 120)",
+    )
     return parser
 
 
@@ -670,6 +691,63 @@ def _check_restart(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK if verdict["safe"] else EXIT_FAILURE
 
 
+def _rolling_restart(client: Client, args: argparse.Namespace) -> int:
+    """Each node in turn, followers first, the leader last (leadership moved off it first): wait
+    until `check-restart` says safe, run the command, wait until the node answers again (a new
+    process: its uptime restarted) and holds the leader's commit index."""
+    leader = _wait(args, "a leader", client.leader)
+    order = sorted(n.id for n in client.config.nodes if n.id != leader) + [leader]
+    members = client.status(leader)["membership"]
+    order = [n for n in order if any(n in members[role] for role in members)]
+    for node in order:
+        if client.leader() == node:
+            target = client.admin("admin.transfer", {"node": None})
+            _wait(args, f"{target} to lead", lambda t=target: client.leader() == t)
+            print(f"{node}: leadership moved to {target}", flush=True)
+        _wait(args, f"{node} safe to restart", partial(_restart_safe, client, node))
+        started = time.monotonic()
+        command = args.restart_command.replace("{node}", node)
+        done = subprocess.run(command, shell=True, check=False)
+        if done.returncode != 0:
+            _error(f"{node}: {_shown(command)} exited {done.returncode}; stopping here")
+            return EXIT_FAILURE
+        _wait(args, f"{node} back and caught up", partial(_back, client, node, started))
+        print(f"{node}: restarted, caught up ({time.monotonic() - started:.1f} s)", flush=True)
+    return EXIT_OK
+
+
+def _wait(args: argparse.Namespace, what: str, condition: Callable[[], Any]) -> Any:
+    deadline = time.monotonic() + args.wait
+    while not (found := _quietly(condition)):
+        if time.monotonic() > deadline:
+            raise Unavailable(f"gave up waiting {args.wait:g} s for {what}")
+        time.sleep(0.1)
+    return found
+
+
+def _quietly(condition: Callable[[], Any]) -> Any:
+    try:
+        return condition()
+    except CaddyError:  # a node restarting, a leader changing: look again
+        return None
+
+
+def _restart_safe(client: Client, node: str) -> bool:
+    return bool(client.admin("admin.check_restart", {"node": node})["safe"])
+
+
+def _back(client: Client, node: str, since: float) -> bool:
+    """A new process of `node` answers and has applied what the leader had committed."""
+    leader = client.leader()
+    if leader is None:
+        return False
+    committed = client.status(leader)["commit_index"]  # first: under writes it keeps growing
+    status = client.status(node)
+    if status["uptime_s"] > time.monotonic() - since:
+        return False  # still the old process
+    return status["applied_index"] >= committed
+
+
 def _run_holding(command: list[str], token: int) -> int:
     environment = {**os.environ, "CADDY_FENCING_TOKEN": str(token)}
     try:
@@ -706,6 +784,7 @@ _COMMANDS = {
     "demote": _demote,
     "transfer-leader": _transfer_leader,
     "check-restart": _check_restart,
+    "rolling-restart": _rolling_restart,
 }
 
 

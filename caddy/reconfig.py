@@ -4,9 +4,10 @@ match index, the commit and last index).
 
 Refused, with a one-line reason, unless forced where a person may truly need it:
 - any change while another one is in flight (never forceable: Raft takes one at a time);
-- a change after which the members judged healthy and holding every committed entry could not
-  make progress on their own (forceable for a removal: it may be the way out of a dead node); so
-  no removal leaves the committed log on the leader alone, and no new voter stalls commits;
+- a change after which the members judged healthy and holding the committed log (to within
+  `max_lag_entries`: under writes a follower is a few entries behind) could not make progress
+  on their own (forceable for a removal: it may be the way out of a dead node); so no removal
+  leaves the committed log on the leader alone, and no new voter stalls commits;
 - removing or demoting the leader (move leadership first);
 - promoting a learner that lacks committed entries or lags more than `max_lag_entries`;
 - moving leadership to a node that is not a data voter, not healthy or not caught up.
@@ -67,14 +68,17 @@ def membership_of(view: ClusterView) -> Membership:
     return Membership(view.voters, view.learners, view.witnesses)
 
 
-def _caught_up(view: ClusterView, node: str, max_lag_entries: int) -> bool:
-    return view.healthy(node) and view.caught_up(node, max_lag_entries)
+def _current(view: ClusterView, node: str, max_lag_entries: int) -> bool:
+    """Healthy, and at most `max_lag_entries` behind the commit index: under writes a follower is
+    always a few entries behind the newest commit, which it will hold a moment later; one that
+    lags further is not counted on."""
+    return view.healthy(node) and view.commit_index - view.match.get(node, -1) <= max_lag_entries
 
 
 def _quorum_problem(view: ClusterView, after: Membership, max_lag_entries: int) -> str | None:
     """Why the healthy, caught-up members could not make progress in `after`, or None."""
     config = VotingConfig.of(after)
-    able = {node for node in config.voting if _caught_up(view, node, max_lag_entries)}
+    able = {node for node in config.voting if _current(view, node, max_lag_entries)}
     if config.can_progress(able):
         return None
     return (
@@ -126,7 +130,7 @@ def transfer_refusal(view: ClusterView, target: str, max_lag_entries: int) -> st
         return f"{target} is {what}: only a data voter may lead"
     if not view.healthy(target):
         return f"{target} is not healthy ({view.verdict(target).state.value})"
-    if not view.caught_up(target, max_lag_entries):
+    if not _current(view, target, max_lag_entries):
         match = view.match.get(target)
         return f"{target} is not caught up (match {match}, commit {view.commit_index})"
     return None
@@ -145,7 +149,7 @@ def restart_refusal(view: ClusterView, node: str, max_lag_entries: int) -> str |
         return f"{node} is not a member"
     config = VotingConfig.of(current)
     others = config.voting - {node}
-    unwell = sorted(other for other in others if not _caught_up(view, other, max_lag_entries))
+    unwell = sorted(other for other in others if not _current(view, other, max_lag_entries))
     if unwell:
         states = ", ".join(f"{other} ({_unwell(view, other, max_lag_entries)})" for other in unwell)
         return f"not every other voting member is healthy and caught up: {states}"

@@ -32,6 +32,8 @@ def write_passes(client: Client, key: str) -> bool:
 
 
 def test_a_leader_whose_health_check_fails_hands_leadership_to_a_healthy_voter(tmp_path, processes):
+    """...with writes in flight from two clients: they go on on the new leader, each applied
+    once, with no error (the sessions move with the leadership)."""
     flags = tmp_path / "flags"
     flags.mkdir()
     for node in ("n1", "n2", "n3"):
@@ -45,9 +47,19 @@ def test_a_leader_whose_health_check_fails_hands_leadership_to_a_healthy_voter(t
     with Client(cluster.topology, timeout=10) as client:
         old = cluster.leader(client)
         wait_until(lambda: all_healthy(client, old), 20, "every member judged healthy")
+        writers = [CasWriter(cluster.topology, prefix=f"w{i}-") for i in range(2)]
+        for writer in writers:
+            writer.start()
+            writes_reach(writer, 5)
         (flags / f"{old}.ok").unlink()
         new = wait_until(lambda: another_leader(client, old), 20, "a new leader")
-        assert write_passes(client, "after-failover")
+        for writer in writers:
+            writes_reach(writer, writer.acknowledged + 5)  # on the new leader
+            writer.stop.set()
+            writer.join(30)
+        for i, writer in enumerate(writers):
+            assert not writer.failures, writer.failures
+            check_all_acknowledged(cluster.topology, writer.acknowledged, prefix=f"w{i}-")
         section = client.status(old)["failover"]
         assert section["health"][old] == "failed"
         assert f"test -f {flags}/{old}.ok" in section["reasons"][old]

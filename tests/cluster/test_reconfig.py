@@ -1,14 +1,18 @@
 """Operator membership commands on real nodes (CONTRACT 8): transfer-leader, promote, demote,
-check-restart, remove-node refusing to break quorum, and a voter that failover removed coming
-back as a learner with add-node."""
+check-restart, remove-node refusing to break quorum, a voter that failover removed coming back
+as a learner with add-node, and a rolling restart under writes."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 
 from caddy.client import Client
-from tests.cluster.failover_helpers import all_healthy, with_learner
-from tests.harness import run_ctl, wait_until
+from tests.cluster.failover_helpers import FAST_CHECKS, all_healthy, with_learner
+from tests.cluster.writers import CasWriter, check_all_acknowledged, writes_reach
+from tests.harness import CADDY_NODE, run_ctl, started_cluster, wait_until
 
 
 def ctl(cluster, *args: str, timeout: float = 20.0):
@@ -110,3 +114,58 @@ def test_a_voter_removed_by_failover_comes_back_as_a_learner(tmp_path, processes
         assert client.status(victim)["state"] == "learner"
         wrong = ctl(cluster, "add-node", "n9", "tcp://127.0.0.1:1")
         assert wrong.returncode == 2 and "no node 'n9'" in wrong.stderr
+
+
+RESTART_SCRIPT = """#!/bin/sh
+# restart NODE: SIGTERM the node whose pid is in NODE.pid, wait for it to exit, start it again
+set -e
+cd "$(dirname "$0")"
+pid=$(cat "$1.pid")
+kill -TERM "$pid"
+# until it exited (a zombie counts: the test that started it reaps it only at the end)
+while [ -e "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do
+    sleep 0.05
+done
+setsid {python} {caddy_node} topology.yaml --node "$1" >> "$1.log" 2>&1 < /dev/null &
+echo $! > "$1.pid"
+"""
+
+
+def test_a_rolling_restart_under_writes_costs_no_client_an_error(tmp_path, processes):
+    cluster = started_cluster(tmp_path, processes, 3, failover=FAST_CHECKS)
+    script = tmp_path / "restart.sh"
+    script.write_text(RESTART_SCRIPT.format(python=sys.executable, caddy_node=CADDY_NODE))
+    script.chmod(0o755)
+    for node, process in cluster.nodes.items():
+        (tmp_path / f"{node}.pid").write_text(str(process.pid))
+    try:
+        with Client(cluster.topology, timeout=10) as client:
+            leader = cluster.leader(client)
+            wait_until(lambda: all_healthy(client, leader), 20, "every member judged healthy")
+            writers = [CasWriter(cluster.topology, prefix=f"w{i}-") for i in range(2)]
+            for writer in writers:
+                writer.start()
+                writes_reach(writer, 5)
+            rolled = ctl(cluster, "rolling-restart", "--command", f"{script} {{node}}", timeout=300)
+            assert rolled.returncode == 0, rolled.stderr
+            lines = rolled.stdout.splitlines()
+            restarted = [line.split(":")[0] for line in lines if "restarted, caught up" in line]
+            assert sorted(restarted) == ["n1", "n2", "n3"] and restarted[-1] == leader
+            assert f"{leader}: leadership moved to" in rolled.stdout
+            for writer in writers:
+                writes_reach(writer, writer.acknowledged + 5)
+                writer.stop.set()
+                writer.join(30)
+            for i, writer in enumerate(writers):
+                assert not writer.failures, writer.failures
+                check_all_acknowledged(cluster.topology, writer.acknowledged, prefix=f"w{i}-")
+            for node in ("n1", "n2", "n3"):  # every node is a new process
+                pid = int((tmp_path / f"{node}.pid").read_text())
+                assert pid != cluster.nodes[node].pid
+    finally:
+        for node in ("n1", "n2", "n3"):
+            pid = int((tmp_path / f"{node}.pid").read_text())
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -174,9 +174,10 @@ class FailoverWorld(World):
             target = rng.choice([*self.nodes, None])
             target = target or transfer_target(view, lag)
             if target is not None and transfer_refusal(view, target, lag) is None:
-                progress = node.core.progress_of(target)
-                if progress is None or progress.match < node.core.commit_index:
-                    raise InvariantViolation(f"operator transfer to {target}, missing commits")
+                progress = node.core.progress_of(target)  # the core catches it up first
+                behind = node.core.commit_index - (progress.match if progress else -1)
+                if behind > lag or target not in node.core.membership.voters:
+                    raise InvariantViolation(f"operator transfer to {target}, {behind} behind")
                 carry_out(node.core, TransferLeadership(target, reason="operator"))
             return
         change = rng.choice(list(Change))
@@ -206,18 +207,17 @@ class FailoverWorld(World):
     def check_operator_shrink(
         self, node: SimNode, view: ClusterView, change: Change, member: str
     ) -> None:
-        """Counted here apart from the rules: the members judged healthy whose log holds every
-        committed entry must make progress in the configuration without `member`'s vote."""
+        """Counted here apart from the rules: the members judged healthy whose log is within
+        `max_lag_entries` of the commit index must make progress without `member`'s vote."""
         membership = node.core.membership
         after = VotingConfig(membership.voters - {member}, membership.witnesses - {member})
+        lag = self.policy.max_lag_entries
+        commit = node.core.commit_index
         able = {
             m
             for m in after.voting
             if view.verdict(m).state is Health.HEALTHY
-            and (
-                m == node.id
-                or getattr(node.core.progress_of(m), "match", -1) >= node.core.commit_index
-            )
+            and (m == node.id or commit - getattr(node.core.progress_of(m), "match", -1) <= lag)
         }
         if not after.can_progress(able):
             raise InvariantViolation(f"operator {change.value} {member}: the rest lack quorum")

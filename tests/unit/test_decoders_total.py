@@ -163,17 +163,29 @@ def total(call, errors, expected_type=None):
     return result
 
 
-def replace_somewhere(data: st.DataObject, value: Any, replacement: st.SearchStrategy) -> Any:
-    """`value` with one place inside it (itself, a field, an item, ... at any depth) replaced by
-    a drawn value: the mutations that reach every nested decoder."""
-    if data.draw(st.booleans()) or not isinstance(value, list | tuple | dict) or not value:
+MAX_REPLACE_DEPTH = 64  # deeper than any decoder's own structure; a drawn value may nest 1000s
+
+
+def replace_somewhere(
+    data: st.DataObject, value: Any, replacement: st.SearchStrategy, depth: int = 0
+) -> Any:
+    """`value` with one place inside it (itself, a field, an item, ... at any depth up to
+    MAX_REPLACE_DEPTH) replaced by a drawn value: the mutations that reach every nested decoder.
+    (Unbounded, a drawn value nested thousands deep could take this walk past Python's
+    recursion limit.)"""
+    if (
+        depth >= MAX_REPLACE_DEPTH
+        or data.draw(st.booleans())
+        or not isinstance(value, list | tuple | dict)
+        or not value
+    ):
         return data.draw(replacement)
     if isinstance(value, dict):
         key = data.draw(st.sampled_from(sorted(value, key=repr)))
-        return {**value, key: replace_somewhere(data, value[key], replacement)}
+        return {**value, key: replace_somewhere(data, value[key], replacement, depth + 1)}
     position = data.draw(st.integers(0, len(value) - 1))
     items = list(value)
-    items[position] = replace_somewhere(data, items[position], replacement)
+    items[position] = replace_somewhere(data, items[position], replacement, depth + 1)
     return items
 
 
