@@ -14,7 +14,7 @@ import threading
 from caddy.client import Client
 from caddy.errors import CaddyError
 from tests.cluster.failover_helpers import FAST_CHECKS, all_healthy, with_learner
-from tests.cluster.writers import CasWriter, check_all_acknowledged, writes_reach
+from tests.cluster.writers import finish_writers, start_writers
 from tests.harness import CADDY_CTL, run_ctl, started_cluster, wait_until
 
 
@@ -47,19 +47,10 @@ def test_a_leader_whose_health_check_fails_hands_leadership_to_a_healthy_voter(t
     with Client(cluster.topology, timeout=10) as client:
         old = cluster.leader(client)
         wait_until(lambda: all_healthy(client, old), 20, "every member judged healthy")
-        writers = [CasWriter(cluster.topology, prefix=f"w{i}-") for i in range(2)]
-        for writer in writers:
-            writer.start()
-            writes_reach(writer, 5)
+        writers = start_writers(cluster.topology, 2)
         (flags / f"{old}.ok").unlink()
         new = wait_until(lambda: another_leader(client, old), 20, "a new leader")
-        for writer in writers:
-            writes_reach(writer, writer.acknowledged + 5)  # on the new leader
-            writer.stop.set()
-            writer.join(30)
-        for i, writer in enumerate(writers):
-            assert not writer.failures, writer.failures
-            check_all_acknowledged(cluster.topology, writer.acknowledged, prefix=f"w{i}-")
+        finish_writers(cluster.topology, writers)  # on the new leader
         section = client.status(old)["failover"]
         assert section["health"][old] == "failed"
         assert f"test -f {flags}/{old}.ok" in section["reasons"][old]
@@ -104,24 +95,12 @@ def test_sigterm_of_the_leader_under_several_writers_costs_no_client_an_error(tm
     cluster = started_cluster(tmp_path, processes, 3, failover={"drain_timeout_ms": 10_000})
     with Client(cluster.topology, timeout=10) as client:
         leader = cluster.leader(client)
-        writers = [CasWriter(cluster.topology, prefix=f"w{i}-") for i in range(4)]
-        for writer in writers:
-            writer.start()
-        for writer in writers:
-            writes_reach(writer, 10)
+        writers = start_writers(cluster.topology, 4, first_steps=10)
         cluster.kill(leader, signal.SIGTERM)
         assert cluster.nodes[leader].returncode == 0
         log = cluster.log_path(leader).read_text()
         assert "leadership moved to n" in log, log[-2000:]
-        marks = [writer.acknowledged for writer in writers]
-        for writer, mark in zip(writers, marks, strict=True):
-            writes_reach(writer, mark + 10)
-        for writer in writers:
-            writer.stop.set()
-            writer.join(30)
-        for i, writer in enumerate(writers):
-            assert not writer.failures, writer.failures
-            check_all_acknowledged(cluster.topology, writer.acknowledged, prefix=f"w{i}-")
+        finish_writers(cluster.topology, writers, more_steps=10)
 
 
 def test_caddy_ctl_drain_moves_leadership_and_undrain_takes_requests_again(tmp_path, processes):

@@ -11,7 +11,7 @@ import sys
 
 from caddy.client import Client
 from tests.cluster.failover_helpers import FAST_CHECKS, all_healthy, with_learner
-from tests.cluster.writers import CasWriter, check_all_acknowledged, writes_reach
+from tests.cluster.writers import finish_writers, start_writers
 from tests.harness import CADDY_NODE, run_ctl, started_cluster, wait_until
 
 
@@ -142,23 +142,14 @@ def test_a_rolling_restart_under_writes_costs_no_client_an_error(tmp_path, proce
         with Client(cluster.topology, timeout=10) as client:
             leader = cluster.leader(client)
             wait_until(lambda: all_healthy(client, leader), 20, "every member judged healthy")
-            writers = [CasWriter(cluster.topology, prefix=f"w{i}-") for i in range(2)]
-            for writer in writers:
-                writer.start()
-                writes_reach(writer, 5)
+            writers = start_writers(cluster.topology, 2)
             rolled = ctl(cluster, "rolling-restart", "--command", f"{script} {{node}}", timeout=300)
             assert rolled.returncode == 0, rolled.stderr
             lines = rolled.stdout.splitlines()
             restarted = [line.split(":")[0] for line in lines if "restarted, caught up" in line]
             assert sorted(restarted) == ["n1", "n2", "n3"] and restarted[-1] == leader
             assert f"{leader}: leadership moved to" in rolled.stdout
-            for writer in writers:
-                writes_reach(writer, writer.acknowledged + 5)
-                writer.stop.set()
-                writer.join(30)
-            for i, writer in enumerate(writers):
-                assert not writer.failures, writer.failures
-                check_all_acknowledged(cluster.topology, writer.acknowledged, prefix=f"w{i}-")
+            finish_writers(cluster.topology, writers)
             for node in ("n1", "n2", "n3"):  # every node is a new process
                 pid = int((tmp_path / f"{node}.pid").read_text())
                 assert pid != cluster.nodes[node].pid

@@ -52,3 +52,26 @@ def writes_reach(writer, count, timeout=30):
         f"{count} acknowledged steps",
     )
     assert not writer.failures, writer.failures
+
+
+def start_writers(topology, count: int, first_steps: int = 5) -> list[CasWriter]:
+    """`count` writers on keys of their own, each once it has `first_steps` acknowledged."""
+    writers = [CasWriter(topology, prefix=f"w{i}-") for i in range(count)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writes_reach(writer, first_steps)
+    return writers
+
+
+def finish_writers(topology, writers: list[CasWriter], more_steps: int = 5) -> None:
+    """Let each writer get `more_steps` further, stop them, and check that none failed and every
+    acknowledged write is there, once."""
+    for writer in writers:
+        writes_reach(writer, writer.acknowledged + more_steps)
+    for writer in writers:
+        writer.stop.set()
+        writer.join(30)
+    for writer in writers:
+        assert not writer.failures, writer.failures
+        check_all_acknowledged(topology, writer.acknowledged, prefix=writer.prefix)
