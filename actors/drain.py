@@ -44,6 +44,7 @@ class Drain:
         self.in_flight = 0
         self.timed_out = False
         self._handing_over_since: float | None = None
+        self._no_successor = False  # the leader found no voter to hand over to
         raft.set_draining(True).get(timeout=ASK_TIMEOUT_S)
 
     def step(self) -> bool:
@@ -59,6 +60,9 @@ class Drain:
             or now - self._handing_over_since > self._transfer_timeout_s
         ):
             self._hand_over(now)
+        if leading and self._no_successor and raft.pending_writes == 0:
+            log.info("node %s: no voter to hand leadership to", self._node_id)
+            return self._finish(0, timed_out=False)  # a lone voter: its requests are done
         if not leading and raft.pending_writes == 0:
             if self._handing_over_since is None:
                 return self._finish(0, timed_out=False)  # it did not lead: nothing to hand over
@@ -79,6 +83,8 @@ class Drain:
         except Exception as error:  # the drain goes on; the deadline bounds it
             log.warning("node %s: leadership hand-over failed: %s", self._node_id, error)
             target = None
+        else:
+            self._no_successor = target is None
         self._handing_over_since = now
         if target is not None:
             log.info("node %s: handing leadership over to %s", self._node_id, target)
