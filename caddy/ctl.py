@@ -701,7 +701,11 @@ def _rolling_restart(client: Client, args: argparse.Namespace) -> int:
     order = [n for n in order if any(n in members[role] for role in members)]
     for node in order:
         if client.leader() == node:
-            target = client.admin("admin.transfer", {"node": None})
+            target = _wait(  # under writes a follower may be refused a moment: ask again
+                args,
+                "a voter to take over",
+                partial(client.admin, "admin.transfer", {"node": None}),
+            )
             _wait(args, f"{target} to lead", lambda t=target: client.leader() == t)
             print(f"{node}: leadership moved to {target}", flush=True)
         _wait(args, f"{node} safe to restart", partial(_restart_safe, client, node))

@@ -27,10 +27,8 @@ from caddy.failover import (
     Action,
     ClusterView,
     MembershipChange,
-    PolicySettings,
     TransferLeadership,
     promotion_refusal,
-    successor,
 )
 from caddy.quorum import VotingConfig
 from caddy.raft.errors import RequestRejected
@@ -137,8 +135,14 @@ def transfer_refusal(view: ClusterView, target: str, max_lag_entries: int) -> st
 
 
 def transfer_target(view: ClusterView, max_lag_entries: int) -> str | None:
-    """The voter leadership should go to when the operator names none."""
-    return successor(view, PolicySettings(max_lag_entries=max_lag_entries))
+    """The voter leadership should go to when the operator names none: of those it may go to
+    (`transfer_refusal`), the one with the longest log; the smaller id on a tie."""
+    allowed = sorted(
+        (-view.match.get(node, -1), node)
+        for node in view.voters
+        if transfer_refusal(view, node, max_lag_entries) is None
+    )
+    return allowed[0][1] if allowed else None
 
 
 def restart_refusal(view: ClusterView, node: str, max_lag_entries: int) -> str | None:

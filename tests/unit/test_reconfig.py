@@ -161,3 +161,10 @@ def test_restart_is_safe_only_with_every_other_voter_healthy_and_caught_up() -> 
 def test_restart_of_one_of_two_voters_is_never_safe() -> None:
     two = view(voters=frozenset({"n1", "n2"}), learners=frozenset())
     assert restart_refusal(two, "n2", LAG) == "without n2 the others (n1) have no quorum"
+
+
+def test_under_writes_a_follower_a_few_entries_behind_may_still_take_over() -> None:
+    busy = view(match={"n1": 60, "n2": 57, "n3": 58}, commit_index=58, last_index=60)
+    assert transfer_refusal(busy, "n2", LAG) is None
+    assert transfer_target(busy, LAG) == "n3"
+    assert restart_refusal(busy, "n3", LAG) is None
