@@ -15,7 +15,13 @@ def cluster(tmp_path, processes):
 
 
 def granted_for(votes, leader, term):
-    return [v for v in votes if v["granted"] and v["candidate"] == leader and v["term"] == term]
+    """The real votes (not pre-votes) granted to `leader` in `term`: a follower may have granted
+    only the pre-vote when the other follower's vote already made the leader."""
+    return [
+        v
+        for v in votes
+        if v["granted"] and not v["pre_vote"] and v["candidate"] == leader and v["term"] == term
+    ]
 
 
 def test_followers_show_the_vote_that_elected_the_leader_and_keep_it_across_a_restart(cluster):
