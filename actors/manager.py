@@ -43,11 +43,14 @@ class ClusterManager:
         state_machine: StateMachine | None = None,
         subsystems: Sequence[SubsystemSpec] = DEFAULT_SUBSYSTEMS,
         health_checks: Sequence[UserCheck] = (),
+        join: bool = False,
     ) -> None:
         """`state_machine` is what Raft replicates; the key-value store unless you pass your own.
         `subsystems`: what the node runs, started in this order (see `actors.subsystems`).
         `health_checks`: callables run with the topology's checks each check interval (a check
-        fails when it returns False, raises or takes longer than the interval)."""
+        fails when it returns False, raises or takes longer than the interval).
+        `join`: the node joins a running cluster (`caddy-node --join`): it starts a member of
+        nothing, not of the topology's membership, and waits to be added (`caddy.joining`)."""
         names = [spec.name for spec in subsystems]
         if len(set(names)) != len(names):
             raise ValueError(f"subsystem names must be unique, got {names}")
@@ -61,6 +64,7 @@ class ClusterManager:
         self._specs = tuple(spec for spec in subsystems if spec.enabled(config))
         self._state_machine = state_machine or KeyValueStore()
         self._health_checks = tuple(health_checks)
+        self._join = join
         self._refs: dict[str, pykka.ActorRef] = {}  # by subsystem name, in start order
         self._started_at: float | None = None
         self._running = False
@@ -80,6 +84,7 @@ class ClusterManager:
             members=self.members,
             started=self._refs,
             health_checks=self._health_checks,
+            join=self._join,
         )
         for spec in self._specs:
             ref = spec.start(context)

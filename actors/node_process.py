@@ -22,6 +22,7 @@ log = logging.getLogger("caddy.node")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 CHILD_STOP_GRACE_S = 10.0
+JOIN_WAIT_S = 3600.0  # the longest a joining node asks to be added and promoted
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -49,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--data-dir", type=_data_dir, metavar="DIR", help="override the topology's data_dir"
+    )
+    parser.add_argument(
+        "--join",
+        action="store_true",
+        help="with --node: join a running cluster (added as a learner, promoted once caught "
+        "up when the topology makes it a voter) instead of starting the topology's membership",
     )
     parser.add_argument(
         "--log-level",
@@ -84,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         config = dataclasses.replace(config, data_dir=Path(args.data_dir).resolve())
     if args.node is None:
+        if args.join:
+            print("caddy-node: --join: only with --node ID", file=sys.stderr)
+            return EXIT_USAGE
         _configure_logging("supervisor", args.log_level)
         return Supervisor(args, config).run()
     if args.node not in {node.id for node in config.nodes}:
@@ -94,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_USAGE
     _configure_logging(args.node, args.log_level)
-    return run_node(args.node, config)
+    return run_node(args.node, config, join=args.join)
 
 
 def _configure_logging(node_label: str, level: str) -> None:
@@ -103,6 +113,25 @@ def _configure_logging(node_label: str, level: str) -> None:
         logging.Formatter(f"%(asctime)s %(levelname)s [{node_label}] %(name)s: %(message)s")
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _ask_to_join(node_id: str, config: ClusterConfig) -> None:
+    """Ask the cluster to add this node (a learner first; promoted when it is to vote)."""
+    from caddy import joining
+    from caddy.client import Client
+    from caddy.errors import CaddyError
+
+    node = config.node(node_id)
+
+    def report(change: str, node_id: str, membership: dict) -> None:
+        log.info("joined: %s %s (voters %s)", change, node_id, ", ".join(membership["voters"]))
+
+    deadline = time.monotonic() + JOIN_WAIT_S
+    try:
+        with Client(config) as client:
+            joining.join(client, node_id, node.address, node.role, deadline, report)
+    except CaddyError as error:
+        log.error("could not join the cluster: %s; add it with caddy-ctl add-node", error)
 
 
 def _stop_event_on_signals() -> threading.Event:
@@ -117,8 +146,9 @@ def _stop_event_on_signals() -> threading.Event:
     return stop
 
 
-def run_node(node_id: str, config: ClusterConfig) -> int:
-    """Run one node until SIGTERM or SIGINT, then stop it gracefully."""
+def run_node(node_id: str, config: ClusterConfig, join: bool = False) -> int:
+    """Run one node until SIGTERM or SIGINT, then stop it gracefully; with `join`, as a node
+    joining a running cluster, which it asks to add it."""
     import pykka
 
     from actors.manager import ClusterManager  # imported here: supervisor mode needs no zmq
@@ -126,7 +156,7 @@ def run_node(node_id: str, config: ClusterConfig) -> int:
     for warning in config.warnings:  # advice about the topology, not an error
         log.warning("%s", warning)
     stop = _stop_event_on_signals()
-    manager = ClusterManager(node_id, config)
+    manager = ClusterManager(node_id, config, join=join)
     try:
         manager.start()
     except Exception as error:
@@ -134,6 +164,10 @@ def run_node(node_id: str, config: ClusterConfig) -> int:
         manager.stop()
         pykka.ActorRegistry.stop_all()
         return EXIT_FAILURE
+    if join:
+        threading.Thread(
+            target=_ask_to_join, args=(node_id, config), name="caddy-join", daemon=True
+        ).start()
     status = EXIT_OK
     try:
         while not stop.wait(0.5):

@@ -40,7 +40,7 @@ from caddy.failover import Action, carry_out
 from caddy.raft.codec import from_wire, to_wire
 from caddy.raft.driver import RaftDriver, ReadyHandler, write_snapshot_file
 from caddy.raft.errors import RequestRejected
-from caddy.raft.membership import MemberRole
+from caddy.raft.membership import MemberRole, role_of
 from caddy.raft.messages import Message
 from caddy.raft.node import RaftNode
 from caddy.raft.read_index import ReadState
@@ -132,6 +132,7 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         *,
         storage: LogStorage | None = None,
         events: EventBus | None = None,
+        join: bool = False,
     ) -> None:
         super().__init__()
         self._board = board
@@ -155,9 +156,12 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         if recovered.snapshot_data:
             self._state_machine.restore(recovered.snapshot_data)
         raft = config.raft
+        # A node joining a running cluster starts a member of nothing: it never campaigns, and
+        # learns the membership from the leader's log or snapshot once it is added.
+        initial = Membership() if join else config.membership
         self.core = RaftNode(
             node_id,
-            config.membership,
+            initial,
             storage_state=recovered,
             rng=random.Random(),
             **RaftTimings.from_settings(raft, config.tick_ms).core_kwargs(),
@@ -186,6 +190,14 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self._ticks = 0
         self._unprocessed = 0
         self._membership: Membership = self.core.membership  # as last published
+        self._reach(self._membership)
+        if self._membership != config.membership and self._membership != Membership():
+            log.info(
+                "node %s: membership from the log: %s (the topology file says %s)",
+                node_id,
+                _described(self._membership),
+                _described(config.membership),
+            )
         self._leading = False
         self._publish_status()
         board.contribute("raft", self._status_section, top_level=True)
@@ -287,7 +299,9 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         membership = self.core.membership
         if membership is not self._membership:  # the core holds a new value at each change
             previous, self._membership = self._membership, membership
+            self._reach(membership)
             if membership != previous:
+                self._log_membership_change(previous, membership)
                 self._publish(
                     MembershipChanged,
                     voters=membership.voters,
@@ -296,6 +310,22 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
                 )
         self._send_replies()  # refused proposals and read rounds
         self._publish_status()
+
+    def _reach(self, membership: Membership) -> None:
+        """Connect to members added at run time that the topology file does not list."""
+        for node, address in membership.addresses:
+            if node != self._node_id:
+                self._transport.add_peer(node, address)
+
+    def _log_membership_change(self, previous: Membership, membership: Membership) -> None:
+        log.info("node %s: membership now %s", self._node_id, _described(membership))
+        was, now = role_of(previous, self._node_id), role_of(membership, self._node_id)
+        if now is MemberRole.NONE and was is not MemberRole.NONE:
+            log.warning(
+                "node %s: removed from the cluster: it serves no more (no vote, no data); "
+                "stop this process, or add it again (caddy-ctl add-node)",
+                self._node_id,
+            )
 
     def _propose(self) -> None:
         """Every write that arrived since the last proposal goes into one append."""
@@ -348,6 +378,12 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
     def restore(self, snapshot: Snapshot) -> None:
         self._state_machine.restore(snapshot.data)
         meta = snapshot.meta
+        log.info(
+            "node %s: installed the leader's snapshot at index %d (%d bytes)",
+            self._node_id,
+            meta.index,
+            len(snapshot.data),
+        )
         self._publish(SnapshotInstalled, index=meta.index, term=meta.term)
 
     def apply(self, entries: list[Entry]) -> None:
@@ -469,3 +505,12 @@ def _state_name(core: RaftNode) -> str:
     if core.state is StateRole.PRE_CANDIDATE:
         return "candidate"
     return core.state.value
+
+
+def _described(membership: Membership) -> str:
+    groups = (
+        ("voters", membership.voters),
+        ("learners", membership.learners),
+        ("witnesses", membership.witnesses),
+    )
+    return "; ".join(f"{name} {', '.join(sorted(nodes))}" for name, nodes in groups if nodes)

@@ -44,6 +44,7 @@ class NodeContext:
     members: Callable[[], dict[str, Any]]  # the gossip view
     started: Mapping[str, pykka.ActorRef]  # the subsystems started before this one, by name
     health_checks: Sequence[UserCheck] = ()  # the user's own checks, given in code
+    join: bool = False  # joining a running cluster: not a member of the topology's membership
 
 
 def _always(config: ClusterConfig) -> bool:
@@ -88,6 +89,7 @@ def _start_raft(context: NodeContext) -> pykka.ActorRef:
         context.state_machine,
         context.board,
         events=context.events,
+        join=context.join,
     )
 
 

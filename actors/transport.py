@@ -283,6 +283,9 @@ class Transport:
         self._io_thread_id: int | None = None
         self._lock = threading.Lock()  # guards the stats others read, but see PeerStats
         self._peers: dict[str, _Peer] = {}
+        self._adding: dict[str, str] = {}  # peers to connect to, by id: their addresses
+        self._monitors: zmq.Poller | None = None  # the loop's, once it runs
+        self._monitor_handlers: dict[zmq.Socket, Callable[[], None]] = {}
         self._sockets_open = False  # set once `_peers` is complete; then senders send directly
         self._woken_at = 0.0  # when the I/O thread last woke: the arrival time of what it reads
         self._client_sent = False  # the client router was sent on since its last failed receive
@@ -582,27 +585,65 @@ class Transport:
             for router in (self._peer_router, self._client_router)
         ]
         for peer in self._config.peers_of(self.node_id):
-            dealer = self._context.socket(zmq.DEALER)
-            dealer.setsockopt(zmq.LINGER, 0)
-            dealer.setsockopt(zmq.ROUTING_ID, link_routing_id(self.node_id))
-            dealer.setsockopt(zmq.SNDHWM, s.send_hwm)
-            dealer.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a peer that is not connected
-            dealer.setsockopt(zmq.RECONNECT_IVL, s.reconnect_ivl_ms)
-            dealer.setsockopt(zmq.RECONNECT_IVL_MAX, s.reconnect_ivl_max_ms)
-            dealer.setsockopt(zmq.CONNECT_TIMEOUT, s.connect_timeout_ms)
-            dealer.setsockopt(zmq.HEARTBEAT_IVL, s.keep_alive_ms)
-            dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.keep_alive_ms * 3)
-            # The peer's router closes the connection when our heartbeats stop for this long.
-            dealer.setsockopt(zmq.HEARTBEAT_TTL, min(s.keep_alive_ms * 3, MAX_HEARTBEAT_TTL_MS))
-            dealer.setsockopt(zmq.TCP_KEEPALIVE, 1)
-            monitor = _monitor(dealer, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-            dealer.connect(connect_endpoint(self._node.address, peer.address))
-            self._peers[peer.id] = _Peer(PeerStats(peer.id, peer.address), dealer, monitor)
+            self._connect_peer(peer.id, peer.address)
+        self._connect_new_peers()
         with self._client_lock:
             self._client_open = True
         self._router_fds = (self._peer_router.get(zmq.FD), self._client_router.get(zmq.FD))
         self._routers_open = True
         self._sockets_open = True
+
+    def _connect_peer(self, peer_id: str, address: str) -> None:
+        """Open the outbound link to one peer (on the I/O thread). `_peers` is replaced, never
+        changed in place, so that other threads may look it up and iterate it without a lock."""
+        s = self._settings
+        dealer = self._context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.ROUTING_ID, link_routing_id(self.node_id))
+        dealer.setsockopt(zmq.SNDHWM, s.send_hwm)
+        dealer.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a peer that is not connected
+        dealer.setsockopt(zmq.RECONNECT_IVL, s.reconnect_ivl_ms)
+        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, s.reconnect_ivl_max_ms)
+        dealer.setsockopt(zmq.CONNECT_TIMEOUT, s.connect_timeout_ms)
+        dealer.setsockopt(zmq.HEARTBEAT_IVL, s.keep_alive_ms)
+        dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, s.keep_alive_ms * 3)
+        # The peer's router closes the connection when our heartbeats stop for this long.
+        dealer.setsockopt(zmq.HEARTBEAT_TTL, min(s.keep_alive_ms * 3, MAX_HEARTBEAT_TTL_MS))
+        dealer.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        monitor = _monitor(dealer, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        dealer.connect(connect_endpoint(self._node.address, address))
+        peer = _Peer(PeerStats(peer_id, address), dealer, monitor)
+        name = peer_id.encode()
+        with self._lock:
+            self._peers = {**self._peers, peer_id: peer}
+            self._peer_drops.setdefault(peer_id, Counter())
+            self._identity_peers[name] = peer_id
+            # A node that talked before it was added was cut as an unknown sender: hear it now.
+            refused = self._refused[0]
+            for identity in [known for known in list(refused) if known.partition(b"\0")[0] == name]:
+                del refused[identity]
+        if self._monitors is not None:  # the loop runs: it watches the new link's monitor too
+            self._monitors.register(monitor, zmq.POLLIN)
+            self._monitor_handlers[monitor] = functools.partial(self._on_monitor_event, peer)
+
+    def add_peer(self, peer_id: str, address: str) -> bool:
+        """Reach a node that the topology does not list (a member added at run time: its
+        address comes with the membership). From any thread; False when it is known already."""
+        with self._lock:
+            if peer_id == self.node_id or peer_id in self._peers or peer_id in self._adding:
+                return False
+            self._adding[peer_id] = address
+        log.info("node %s: new peer %s at %s", self.node_id, peer_id, address)
+        self._wake()
+        return True
+
+    def _connect_new_peers(self) -> None:
+        if not self._adding:  # the usual case, without the lock
+            return
+        with self._lock:
+            adding, self._adding = self._adding, {}
+        for peer_id, address in adding.items():
+            self._connect_peer(peer_id, address)
 
     def _close_sockets(self) -> None:
         # Stop every monitor before closing its reading end: ZeroMQ sends monitor events with a
@@ -649,6 +690,7 @@ class Transport:
             on_monitor_event[monitor] = functools.partial(self._on_router_event, monitor)
         for monitor in on_monitor_event:
             monitors.register(monitor, zmq.POLLIN)
+        self._monitors, self._monitor_handlers = monitors, on_monitor_event
         housekeeping_every = min(HOUSEKEEPING_MS, self._settings.peer_heartbeat_ms) / 1000
         heartbeat_every = self._settings.peer_heartbeat_ms / 1000
         now = time.monotonic()
@@ -693,6 +735,7 @@ class Transport:
                 elif fd == client_fd:
                     client_fired = True
                 else:
+                    self._connect_new_peers()
                     self._drain_outbox()
             if now >= next_housekeeping:
                 reads = self._take_reads()  # before the monitors: see _check_backlogs

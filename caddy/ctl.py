@@ -28,6 +28,7 @@ line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -38,12 +39,17 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
+from caddy import joining, reconfig_plan
 from caddy.bounds import MAX_NAME_LENGTH
 from caddy.client import Client
 from caddy.config import ClusterConfig, ConfigError, load_topology
 from caddy.errors import CaddyError, LockLost, Unavailable, ValueTooLarge
-from caddy.request_policy import RequestFailed, check_size
+from caddy.raft.membership import MAX_ADDRESS_LENGTH
+from caddy.raft.types import Membership
+from caddy.reconfig_plan import TRANSFER, Step, Target
+from caddy.request_policy import check_size
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CANNOT_RUN = 127  # lock's COMMAND could not be started (as a shell says)
@@ -85,14 +91,28 @@ def wait_seconds(text: str) -> float:
     return timeout_seconds(text)
 
 
-def lock_name(text: str) -> str:
-    """NAME of `lock`: 1 to MAX_NAME_LENGTH characters of valid UTF-8."""
+def name_text(text: str) -> str:
+    """NAME of `lock`, ID of `add-node`: 1 to MAX_NAME_LENGTH characters of valid UTF-8."""
     name = non_empty_text(text)
     if len(name) > MAX_NAME_LENGTH:
         raise argparse.ArgumentTypeError(
             f"at most {MAX_NAME_LENGTH} characters, got {len(name)}: {_shown(name)}"
         )
     return name
+
+
+def peer_address(text: str) -> str:
+    """ADDRESS of `add-node`: tcp://HOST:PORT, at most MAX_ADDRESS_LENGTH characters."""
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "tcp" or not parts.hostname or port is None or parts.path:
+        raise argparse.ArgumentTypeError(f"must be tcp://HOST:PORT, got {_shown(text)}")
+    if len(text) > MAX_ADDRESS_LENGTH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_ADDRESS_LENGTH} characters")
+    return text
 
 
 def non_empty_text(text: str) -> str:
@@ -150,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="acquire NAME and print its token; with COMMAND, run it holding the lock",
         usage="caddy-ctl lock [-h] [--ttl SECONDS] [--wait SECONDS] NAME [-- COMMAND ...]",
     )
-    lock.add_argument("name", type=lock_name, metavar="NAME")
+    lock.add_argument("name", type=name_text, metavar="NAME")
     lock.add_argument(
         "--ttl", type=timeout_seconds, default=10.0, metavar="SECONDS", help="lease (default 10)"
     )
@@ -176,9 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     undrain = commands.add_parser("undrain", help="NODE takes client requests again")
     undrain.add_argument("node", type=non_empty_text, metavar="NODE")
     commands.add_parser("watch", help="every node's events, one per line, until Ctrl-C")
-    add_node = commands.add_parser("add-node", help="add a node of the topology to the cluster")
-    add_node.add_argument("node", type=non_empty_text, metavar="ID")
-    add_node.add_argument("address", type=non_empty_text, metavar="ADDRESS")
+    add_node = commands.add_parser(
+        "add-node", help="ID (at ADDRESS) joins as a learner; a voter once caught up"
+    )
+    add_node.add_argument("node", type=name_text, metavar="ID")
+    add_node.add_argument("address", type=peer_address, metavar="ADDRESS")
     add_node.add_argument("--client-address", type=non_empty_text, metavar="A")
     add_node.add_argument("--role", choices=("voter", "learner", "witness"), default="voter")
     remove_node = commands.add_parser("remove-node", help="remove ID from the cluster")
@@ -221,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the longest wait for a node to be safe to restart, or back (default 120)",
     )
+    reconfigure = commands.add_parser(
+        "reconfigure",
+        help="change the membership to NEW_TOPOLOGY's, one safe step at a time, printing each",
+    )
+    reconfigure.add_argument("new_topology", type=non_empty_text, metavar="NEW_TOPOLOGY")
+    reconfigure.add_argument("--dry-run", action="store_true", help="print the plan only")
+    reconfigure.add_argument(
+        "--wait",
+        type=wait_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="the longest time for the whole change (default 300)",
+    )
     return parser
 
 
@@ -246,7 +281,6 @@ _NAMING_A_NODE = (
     "votes",
     "drain",
     "undrain",
-    "add-node",
     "remove-node",
     "promote",
     "demote",
@@ -615,41 +649,89 @@ def _field(value: object) -> str:
 def _change(client: Client, args: argparse.Namespace, change: str, force: bool = False) -> dict:
     body = {"change": change, "node": args.node, "force": force}
     membership = client.admin("admin.change", body)
-    _say(
-        args,
-        {"change": change, "node": args.node, "membership": membership},
-        f"{change.replace('_', ' ')} {args.node}: voters {', '.join(membership['voters'])}"
-        + (f"; learners {', '.join(membership['learners'])}" if membership["learners"] else ""),
-    )
+    _report(args, change, args.node, membership)
     return membership
 
 
 def _add_node(client: Client, args: argparse.Namespace) -> int:
-    """A node of the topology joins as a learner (or witness); as a voter once caught up."""
-    node = client.config.node(args.node)
-    if args.address != node.address or args.client_address not in (None, node.client_address):
-        _error(
-            f"add-node: {args.node} is in {client.config.source} with address {node.address}"
-            f" (client {node.client_address}); a new machine needs its own topology entry"
-        )
-        return EXIT_FAILURE
-    if args.role == "witness":
-        _change(client, args, "add_witness")
-        return EXIT_OK
-    _change(client, args, "add_learner")
-    if args.role == "learner":
-        return EXIT_OK
+    """ID joins as a learner (or witness); as a voter once caught up. The membership carries
+    its address, so every node reaches it, also one whose topology file does not list it."""
     deadline = time.monotonic() + args.timeout
-    while True:  # the leader refuses the promotion until the learner holds the log
-        try:
-            _change(client, args, "promote")
-            return EXIT_OK
-        except RequestFailed as error:
-            if time.monotonic() > deadline:
-                raise RequestFailed(
-                    f"{args.node} did not catch up in {args.timeout:g} s: {error}"
-                ) from None
-            time.sleep(0.1)
+    joining.join(client, args.node, args.address, args.role, deadline, partial(_report, args))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace, change: str, node: str, membership: dict) -> None:
+    _say(
+        args,
+        {"change": change, "node": node, "membership": membership},
+        f"{change.replace('_', ' ')} {node}: voters {', '.join(membership['voters'])}"
+        + (f"; learners {', '.join(membership['learners'])}" if membership["learners"] else "")
+        + (f"; witnesses {', '.join(membership['witnesses'])}" if membership["witnesses"] else ""),
+    )
+
+
+def _reconfigure(client: Client, args: argparse.Namespace) -> int:
+    """The steps from the live membership to NEW_TOPOLOGY's (`caddy.reconfig_plan`), one at a
+    time, planning again after each; with --dry-run the plan only."""
+    target_config = load_topology(args.new_topology)
+    if target_config.cluster != client.config.cluster:
+        raise ConfigError(
+            f"{args.new_topology}: cluster: {target_config.cluster!r}, but the running cluster"
+            f" is {client.config.cluster!r}"
+        )
+    target = {n.id: Target(n.role, n.address) for n in target_config.nodes}
+    # Reach the nodes of both files: leadership may move to a node that only the new one lists.
+    leaving = tuple(n for n in client.config.nodes if n.id not in target)
+    both = dataclasses.replace(target_config, nodes=target_config.nodes + leaving)
+    with Client(both, timeout=client.timeout) as client_of_both:
+        return _reconfigure_with(client_of_both, args, target)
+
+
+def _reconfigure_with(client: Client, args: argparse.Namespace, target: dict[str, Target]) -> int:
+    deadline = time.monotonic() + args.wait
+    if args.dry_run:
+        steps: list[Step] = []
+        joining.converge(lambda: steps.extend(_plan(client, target)), deadline, "planning")
+        _say(
+            args,
+            {"steps": [_step_document(step) for step in steps], "dry_run": True},
+            "\n".join(step.describe() for step in steps) or "nothing to change",
+        )
+        return EXIT_OK
+    done: list[Step] = []
+
+    def next_step() -> Callable[[], None] | None:
+        steps = _plan(client, target)
+        return partial(_carry_out, client, args, steps[0], done) if steps else None
+
+    joining.converge(next_step, deadline, "reconfigure")
+    if args.json:
+        print(json.dumps({"steps": [_step_document(step) for step in done], "dry_run": False}))
+    elif not done:
+        print("nothing to change")
+    return EXIT_OK
+
+
+def _plan(client: Client, target: dict[str, Target]) -> list[Step]:
+    members = joining.leaders_membership(client)
+    live = Membership(*(frozenset(members[role]) for role in ("voters", "learners", "witnesses")))
+    return reconfig_plan.plan(live, client.leader(), target)
+
+
+def _carry_out(client: Client, args: argparse.Namespace, step: Step, done: list[Step]) -> None:
+    if step.action == TRANSFER:
+        target = client.admin("admin.transfer", {"node": None})
+        _wait(args, f"{target} to lead", lambda: client.leader() == target)
+    else:
+        joining.change(client, step.action, step.node, step.address)
+    done.append(step)
+    if not args.json:
+        print(f"{step.describe()}: done", flush=True)
+
+
+def _step_document(step: Step) -> dict[str, Any]:
+    return {"action": step.action, "node": step.node, "address": step.address}
 
 
 def _remove_node(client: Client, args: argparse.Namespace) -> int:
@@ -789,6 +871,7 @@ _COMMANDS = {
     "transfer-leader": _transfer_leader,
     "check-restart": _check_restart,
     "rolling-restart": _rolling_restart,
+    "reconfigure": _reconfigure,
 }
 
 

@@ -168,6 +168,7 @@ class MembershipChange:
     change: ChangeKind
     node: str
     reason: str
+    address: str | None = None  # an addition's peer address
     kind: str = "membership_change"
 
 
@@ -291,19 +292,20 @@ def carry_out(core: RaftNode, action: Action) -> str | None:
         if isinstance(action, TransferLeadership):
             core.transfer_leadership(action.target)
             return None
+        address = None
         if isinstance(action, PromoteLearner):
             change = ChangeKind.PROMOTE_LEARNER
         elif isinstance(action, RemoveVoter):
             change = ChangeKind.REMOVE_NODE
         else:
-            change = action.change
+            change, address = action.change, action.address
         if change is ChangeKind.PROMOTE_LEARNER:
             progress = core.progress_of(action.node)
             match = progress.match if progress is not None else None
             refusal = promotion_refusal(action.node, match, core.commit_index)
             if refusal is not None:
                 return refusal
-        core.change_membership(change, action.node)
+        core.change_membership(change, action.node, address)
     except (NotLeader, RequestRejected) as error:
         return str(error) or type(error).__name__
     return None

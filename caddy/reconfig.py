@@ -32,7 +32,13 @@ from caddy.failover import (
 )
 from caddy.quorum import VotingConfig
 from caddy.raft.errors import RequestRejected
-from caddy.raft.membership import ChangeKind, MemberRole, apply_change, role_of
+from caddy.raft.membership import (
+    MAX_ADDRESS_LENGTH,
+    ChangeKind,
+    MemberRole,
+    apply_change,
+    role_of,
+)
 from caddy.raft.types import Membership
 
 
@@ -60,6 +66,7 @@ _RAFT_KINDS = {
     Change.REMOVE: ChangeKind.REMOVE_NODE,
 }
 FORCEABLE = frozenset({Change.REMOVE})
+ADDITIONS = frozenset({Change.ADD_VOTER, Change.ADD_LEARNER, Change.ADD_WITNESS})
 
 
 def membership_of(view: ClusterView) -> Membership:
@@ -211,14 +218,25 @@ def plan_request(
         known = ", ".join(c.value for c in Change)
         return AdminPlan(refusal=f"bad request: change must be one of {known}")
     force = body.get("force") is True
+    address = body.get("address")
+    if address is not None and not _is_peer_address(address):
+        return AdminPlan(refusal=f"bad request: address must be tcp://HOST:PORT, got {address!r}")
     refusal = change_refusal(view, change, node, max_lag_entries, force=force)
     if refusal is not None:
         return AdminPlan(refusal=refusal)
-    action = MembershipChange(
-        change.raft_kind, node, reason="operator" + (" (forced)" if force else "")
-    )
+    reason = "operator" + (" (forced)" if force else "")
+    address = address if change in ADDITIONS else None
+    action = MembershipChange(change.raft_kind, node, reason=reason, address=address)
     after = apply_change(membership_of(view), change.raft_kind, node)
     return AdminPlan(action, value=membership_document(after))
+
+
+def _is_peer_address(address: Any) -> bool:
+    return (
+        isinstance(address, str)
+        and address.startswith("tcp://")
+        and len(address) <= MAX_ADDRESS_LENGTH
+    )
 
 
 def membership_document(membership: Membership) -> dict[str, list[str]]:

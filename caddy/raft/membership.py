@@ -70,15 +70,18 @@ def members(membership: Membership) -> frozenset[str]:
     return membership.voters | membership.learners | membership.witnesses
 
 
-def apply_change(membership: Membership, kind: ChangeKind, node_id: str) -> Membership:
+def apply_change(
+    membership: Membership, kind: ChangeKind, node_id: str, address: str | None = None
+) -> Membership:
     """The membership after one change; raises RequestRejected when the change makes no sense.
+    An addition may say where the node listens (`address`), which the membership then carries.
 
     Each change moves at most one node in or out of the voting set, so any majority of the old
     voting set overlaps any majority of the new one (Raft dissertation section 4.1).
     """
     role = role_of(membership, node_id)
     voters, learners, witnesses = membership.voters, membership.learners, membership.witnesses
-    if kind in (ChangeKind.ADD_VOTER, ChangeKind.ADD_LEARNER, ChangeKind.ADD_WITNESS):
+    if kind in _ADDITIONS:
         if role is not MemberRole.NONE:
             raise RequestRejected(f"{node_id} is already a {role.value}")
         if kind is ChangeKind.ADD_VOTER:
@@ -104,16 +107,28 @@ def apply_change(membership: Membership, kind: ChangeKind, node_id: str) -> Memb
             raise RequestRejected(f"{node_id} is the last voter")
         voters, learners = voters - {node_id}, learners - {node_id}
         witnesses = witnesses - {node_id}
-    return Membership(voters=voters, learners=learners, witnesses=witnesses)
+    addresses = tuple(pair for pair in membership.addresses if pair[0] != node_id)
+    if address is not None and kind in _ADDITIONS:
+        addresses = tuple(sorted((*addresses, (node_id, address))))
+    elif kind is not ChangeKind.REMOVE_NODE:
+        addresses = membership.addresses
+    return Membership(voters, learners, witnesses, addresses)
 
 
-def membership_to_wire(membership: Membership) -> dict[str, list[str]]:
-    """A msgpack-able dict with sorted member lists."""
-    return {
+_ADDITIONS = frozenset({ChangeKind.ADD_VOTER, ChangeKind.ADD_LEARNER, ChangeKind.ADD_WITNESS})
+MAX_ADDRESS_LENGTH = 256
+
+
+def membership_to_wire(membership: Membership) -> dict[str, Any]:
+    """A msgpack-able dict with sorted member lists (and the addresses, when there are any)."""
+    body: dict[str, Any] = {
         "voters": sorted(membership.voters),
         "learners": sorted(membership.learners),
         "witnesses": sorted(membership.witnesses),
     }
+    if membership.addresses:
+        body["addresses"] = dict(membership.addresses)
+    return body
 
 
 def membership_from_wire(body: Any) -> Membership:
@@ -134,7 +149,19 @@ def membership_from_wire(body: Any) -> Membership:
     voters, learners, witnesses = groups
     if voters & learners or voters & witnesses or learners & witnesses:
         raise WireError("membership: a node holds two roles")
-    return Membership(voters=voters, learners=learners, witnesses=witnesses)
+    addresses = body.get("addresses", {})
+    if (
+        type(addresses) is not dict
+        or not all(map(is_name, addresses))
+        or not all(_is_address(value) for value in addresses.values())
+        or not addresses.keys() <= voters | learners | witnesses
+    ):
+        raise WireError("membership.addresses: expected a map of members to addresses")
+    return Membership(voters, learners, witnesses, tuple(sorted(addresses.items())))
+
+
+def _is_address(value: Any) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_ADDRESS_LENGTH
 
 
 def encode_membership(membership: Membership) -> bytes:

@@ -343,8 +343,11 @@ class RaftNode:
         ]
         return max(candidates)[1] if self.state is StateRole.LEADER and candidates else None
 
-    def change_membership(self, kind: ChangeKind, node_id: str) -> tuple[int, int]:
+    def change_membership(
+        self, kind: ChangeKind, node_id: str, address: str | None = None
+    ) -> tuple[int, int]:
         """Propose one membership change; it takes effect on every node as soon as it is appended.
+        An addition may carry the node's peer address (`Membership.addresses`).
 
         Refused while another change is uncommitted, and until the leader committed an entry of
         its own term (which closes the known single-server-change hole after a leader change).
@@ -354,7 +357,7 @@ class RaftNode:
             raise RequestRejected("the leader has not committed an entry of its term yet")
         if self.membership_change_pending:
             raise RequestRejected("another membership change is in progress")
-        new_membership = apply_change(self.membership, kind, node_id)
+        new_membership = apply_change(self.membership, kind, node_id, address)
         index = self.log.last_index() + 1
         entry = Entry(index, self.term, EntryKind.CONFIG, encode_membership(new_membership))
         self.log.append([entry])

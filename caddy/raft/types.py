@@ -44,6 +44,10 @@ class Membership:
     learners: frozenset[str] = field(default_factory=frozenset)
     # Witnesses are disjoint from voters: they vote and count for quorum, never lead, never apply.
     witnesses: frozenset[str] = field(default_factory=frozenset)
+    # (node, peer address) of members added at run time, whom a topology file may not list: so
+    # every node can reach them, also one restarted with an older file. Where the members are,
+    # not who they are: not compared.
+    addresses: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ class SnapshotFile:
                 "voters": sorted(meta.membership.voters),
                 "learners": sorted(meta.membership.learners),
                 "witnesses": sorted(meta.membership.witnesses),
+                "addresses": dict(meta.membership.addresses),
                 "data_length": len(data),
                 "data_crc32": zlib.crc32(data),
             },
@@ -112,6 +113,8 @@ class SnapshotFile:
             voters=frozenset(fields["voters"]),
             learners=frozenset(fields["learners"]),
             witnesses=frozenset(fields["witnesses"]),
+            # a snapshot written before members carried addresses has none
+            addresses=tuple(sorted(fields.get("addresses", {}).items())),
         )
         meta = SnapshotMeta(index=fields["index"], term=fields["term"], membership=membership)
         return meta, fields["data_length"], fields["data_crc32"]

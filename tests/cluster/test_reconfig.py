@@ -112,8 +112,8 @@ def test_a_voter_removed_by_failover_comes_back_as_a_learner(tmp_path, processes
             f"{victim} caught up as a learner",
         )
         assert client.status(victim)["state"] == "learner"
-        wrong = ctl(cluster, "add-node", "n9", "tcp://127.0.0.1:1")
-        assert wrong.returncode == 2 and "no node 'n9'" in wrong.stderr
+        wrong = ctl(cluster, "add-node", "n9", "127.0.0.1:7109")
+        assert wrong.returncode == 2 and "must be tcp://HOST:PORT" in wrong.stderr
 
 
 RESTART_SCRIPT = """#!/bin/sh

@@ -7,7 +7,9 @@ Each node judges every member of its configuration each `CHECK_EVERY` steps thro
 transport's contact and the peer's gossiped verdict tell a real node); whoever leads decides
 and carries the action out on its core, as the FailoverActor does. The policy is the only
 source of membership changes here, besides operator requests (`caddy.reconfig`'s rules, as
-caddy-ctl sends them: adds, promotions, demotions, removals, some forced, and transfers).
+caddy-ctl sends them: adds, promotions, demotions, removals, some forced, and transfers), and,
+in some seeds, `caddy-ctl reconfigure` toward a random target membership: each round the
+leader's live membership is planned again (`caddy.reconfig_plan`) and its first step asked for.
 
 Checked at every action, beside Raft's own invariants:
 - a removal never leaves fewer than `min_quorum` voters, removes only a voter its leader judged
@@ -21,7 +23,9 @@ Checked at every action, beside Raft's own invariants:
 - an operator's removal or demotion that the rules let through (unforced) leaves the members
   judged healthy and holding every committed entry a quorum; a promotion or a transfer they let
   through goes to a node holding every committed entry;
-and after healing, the cluster settles as Raft's own simulation demands.
+- the planner never asks to remove or demote the node that leads (it moves leadership first);
+and after healing, the cluster settles as Raft's own simulation demands, with the target
+membership of a reconfiguring seed reached.
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ from caddy.failover import (
     decide,
 )
 from caddy.quorum import QuorumRule, VotingConfig
+from caddy.raft.membership import MemberRole, role_of
 from caddy.raft.ready import StateRole
 from caddy.reconfig import Change, change_refusal, transfer_refusal, transfer_target
+from caddy.reconfig_plan import TRANSFER, Target, plan
 from tests.sim.raft_sim import InvariantViolation, Scenario, SimNode, World, run_seed
 
 CHECK_EVERY = 5  # steps between two health check rounds
@@ -74,10 +80,29 @@ class FailoverWorld(World):
         self.sick_rate = rng.choice((0.0, 0.005, 0.02))
         self.operator_rate = rng.choice((0.0, 0.1, 0.3))  # per check round: an operator request
         self.operator_changes: list[tuple[int, Change, str, bool]] = []
+        self.target = self.draw_target(rng) if rng.random() < 0.4 else None
+        self.reconfigured: list[tuple[int, str, str]] = []  # (step, action, node) carried out
         self.sick_until: dict[str, int] = {}
         self.histories: dict[str, dict[str, HealthHistory]] = {}
         self.last_action_at: dict[str, float] = {}
         self.actions: list[tuple[int, str, Action]] = []
+
+    def draw_target(self, rng: random.Random) -> dict[str, Target]:
+        """A membership to reconfigure to: each data node a voter, a learner or gone (one voter
+        at least), each witness kept or gone."""
+        target = {}
+        for node in sorted(self.nodes):
+            if node in self.scenario.witnesses:
+                roles = ("witness", None)
+            else:
+                roles = ("voter", "voter", "learner", None)
+            role = rng.choice(roles)
+            if role is not None:
+                target[node] = Target(role, f"sim://{node}")
+        data_nodes = sorted(set(self.nodes) - set(self.scenario.witnesses))
+        if not any(t.role == "voter" for t in target.values()):
+            target[rng.choice(data_nodes)] = Target("voter", "sim://")
+        return target
 
     # ----- faults ---------------------------------------------------------------------------------
 
@@ -105,7 +130,9 @@ class FailoverWorld(World):
             for node in self.live_nodes():
                 if node.core.state is StateRole.LEADER:
                     self.decide(node)
-                    if faults and self.rng.random() < self.operator_rate:
+                    if self.target is not None:
+                        self.reconfigure(node)
+                    elif faults and self.rng.random() < self.operator_rate:
                         self.operate(node)
 
     def reachable(self, observer: str, member: str) -> bool:
@@ -204,6 +231,52 @@ class FailoverWorld(World):
             self.log(f"operator {node.id}: {change.value} {member}{' forced' if force else ''}")
             self.operator_changes.append((self.now, change, member, force))
 
+    def reconfigure(self, node: SimNode) -> None:
+        """One round of `caddy-ctl reconfigure`: plan from the live membership, ask for the
+        first step; the leader's rules check it, as they do a real request."""
+        core = node.core
+        if core.membership_change_pending:
+            return  # caddy-ctl waits for the change in flight to commit
+        steps = plan(core.membership, node.id, self.target)
+        if not steps:
+            return
+        step, view, lag = steps[0], self.view_of(node), self.policy.max_lag_entries
+        if step.action == TRANSFER:
+            target = transfer_target(view, lag)
+            if target is not None:
+                carry_out(core, TransferLeadership(target, reason="reconfigure"))
+                self.reconfigured.append((self.now, step.action, step.node))
+            return
+        change = step.change
+        if step.node == node.id and change in (Change.REMOVE, Change.DEMOTE):
+            raise InvariantViolation(f"the plan {change.value}s its leader {node.id}")
+        if change_refusal(view, change, step.node, lag) is not None:
+            return
+        if change is Change.PROMOTE:
+            self.check_promotion(node, PromoteLearner(step.node, reason="reconfigure"))
+        if change in (Change.REMOVE, Change.DEMOTE):
+            self.check_operator_shrink(node, view, change, step.node)
+        action = MembershipChange(change.raft_kind, step.node, "reconfigure", step.address)
+        if carry_out(core, action) is None:
+            self.log(f"reconfigure {node.id}: {change.value} {step.node}")
+            self.reconfigured.append((self.now, step.action, step.node))
+            self.operator_changes.append((self.now, change, step.node, False))
+
+    def reached_target(self, membership) -> bool:
+        return all(
+            role_of(membership, node) is MemberRole(self.target[node].role)
+            if node in self.target
+            else role_of(membership, node) is MemberRole.NONE
+            for node in self.nodes
+        )
+
+    def stop_removed_nodes(self) -> None:
+        if self.target is None:  # a node the target holds may be added back: keep it running
+            super().stop_removed_nodes()
+
+    def liveness_bound(self) -> int:
+        return super().liveness_bound() + (0 if self.target is None else 40 * CHECK_EVERY)
+
     def check_operator_shrink(
         self, node: SimNode, view: ClusterView, change: Change, member: str
     ) -> None:
@@ -272,6 +345,10 @@ class FailoverWorld(World):
 
     def settled(self) -> bool:
         leader = self.any_leader()
+        if self.target is not None and (
+            leader is None or not self.reached_target(leader.core.membership)
+        ):
+            return False
         if self.operator_changes:
             return super().settled()  # an operator may go below the floor failover keeps
         if leader is not None and len(leader.core.membership.voters) < min(

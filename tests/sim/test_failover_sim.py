@@ -31,3 +31,13 @@ def test_the_seeds_exercise_every_action():
     assert kinds.count(RemoveVoter) > 5
     changes = [change for world in worlds for _, change, _, _ in world.operator_changes]
     assert len(set(changes)) == len(Change), f"operator changes seen: {set(changes)}"
+
+
+def test_reconfiguring_seeds_carry_out_every_kind_of_step_and_reach_their_target():
+    worlds = [run_failover_seed(seed) for seed in range(80)]
+    targeted = [world for world in worlds if world.target is not None]
+    assert len(targeted) > 15
+    for world in targeted:  # settled, so the target held once the faults healed
+        assert world.reached_target(world.any_leader().core.membership), world.seed
+    actions = {action for world in targeted for _, action, _ in world.reconfigured}
+    assert actions >= {"add_learner", "promote", "demote", "remove", "transfer"}, actions

@@ -255,7 +255,7 @@ def test_lock_takes_a_name_a_ttl_a_wait_and_the_command_after_the_double_dash():
     held = ctl.parse_args(["--topology", "t.yaml", "lock", "job", "--ttl", "2.5", "--wait", "3"])
     assert (held.ttl, held.wait, held.run) == (2.5, 3.0, [])
     with pytest.raises(argparse.ArgumentTypeError, match="at most 128 characters"):
-        ctl.lock_name("x" * 129)
+        ctl.name_text("x" * 129)
     with pytest.raises(argparse.ArgumentTypeError, match="finite number"):
         ctl.wait_seconds("-1")
 

@@ -1,7 +1,8 @@
 """The pure modules of `caddy/` import no I/O or concurrency module and never sleep.
 
 Only the clients (`caddy/client.py`, `caddy/async_client.py`, `caddy/lock.py`, whose leases
-renew on a thread, and `caddy/ctl.py`, which drives the first) touch sockets; `caddy/storage/`
+renew on a thread, `caddy/ctl.py`, which drives the first, and `caddy/joining.py`, which asks
+a cluster through it until the leader allows a change) touch sockets; `caddy/storage/`
 touches files but is still free of sockets, threads and actors. `caddy/fencing.py` takes a
 `threading.Lock` and nothing else of it: a resource checks its tokens from many threads.
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 CADDY = Path(__file__).resolve().parents[2] / "caddy"
-SOCKET_EDGE = {"client.py", "async_client.py", "lock.py", "ctl.py"}
+SOCKET_EDGE = {"client.py", "async_client.py", "lock.py", "ctl.py", "joining.py"}
 FORBIDDEN_EVERYWHERE = {"zmq", "pykka", "threading", "socket", "asyncio", "multiprocessing"}
 FORBIDDEN_IN_CORES = FORBIDDEN_EVERYWHERE | {"time", "subprocess", "sqlite3"}
 ALLOWED = {Path("fencing.py"): {"threading"}}  # its mutex only (see the docstring)

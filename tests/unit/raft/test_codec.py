@@ -138,3 +138,11 @@ def test_valid_bodies_with_one_field_replaced_decode_or_raise_wire_error(index, 
     except WireError:
         return
     assert type(decoded) is type(message)
+
+
+def test_a_snapshots_membership_keeps_the_addresses_of_added_nodes():
+    """A node that learns the membership from a snapshot learns where added members are."""
+    membership = Membership(frozenset({"a", "n9"}), addresses=(("n9", "tcp://10.0.0.9:7109"),))
+    message = InstallSnapshot(3, "a", SnapshotMeta(40, 2, membership), 0, b"", True)
+    body = msgpack.unpackb(msgpack.packb(to_wire(message), use_bin_type=True), raw=False)
+    assert from_wire(message.kind, body).meta.membership.addresses == membership.addresses

@@ -1,5 +1,6 @@
 """RaftLog bookkeeping and membership arithmetic."""
 
+import msgpack
 import pytest
 
 from caddy.errors import WireError
@@ -116,3 +117,30 @@ def test_membership_payload_round_trips_and_rejects_garbage():
     for garbage in (b"", b"\xc1", b"\x90"):
         with pytest.raises(WireError):
             decode_membership(garbage)
+
+
+def test_addresses_survive_the_wire_and_are_not_part_of_equality():
+    with_address = Membership(
+        frozenset({"a", "b"}), frozenset({"d"}), addresses=(("d", "tcp://h:1"),)
+    )
+    decoded = decode_membership(encode_membership(with_address))
+    assert decoded.addresses == (("d", "tcp://h:1"),)
+    assert decoded == Membership(frozenset({"a", "b"}), frozenset({"d"}))
+    plain = encode_membership(Membership(frozenset({"a"})))
+    assert b"addresses" not in plain  # the entry format of clusters without added nodes
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        [],
+        {"x": "tcp://h:1"},  # not a member
+        {"d": 7},
+        {"d": ""},
+        {"d": "tcp://" + "h" * 300},
+    ],
+)
+def test_a_membership_with_bad_addresses_is_a_wire_error(addresses):
+    body = {"voters": ["a"], "learners": ["d"], "witnesses": [], "addresses": addresses}
+    with pytest.raises(WireError, match="addresses"):
+        decode_membership(msgpack.packb(body))

@@ -123,3 +123,24 @@ def test_a_new_leader_finishes_a_change_it_inherited():
     assert cluster.nodes["b"].membership.learners == {"d"}
     cluster.propose("b", b"z")
     assert cluster.commands("d") == [b"z"]
+
+
+def test_an_added_nodes_address_travels_with_the_membership():
+    """Every node learns where a node added at run time listens (`Membership.addresses`), from
+    the CONFIG entry; a promotion keeps it and a removal forgets it."""
+    cluster = Cluster(spares=("d",))
+    cluster.elect("a")
+    index, _ = cluster.nodes["a"].change_membership(
+        ChangeKind.ADD_LEARNER, "d", "tcp://10.0.0.4:7104"
+    )
+    cluster.process("a")
+    cluster.deliver()
+    cluster.tick(3)
+    for node in ("a", "b", "c", "d"):
+        assert cluster.nodes[node].membership.addresses == (("d", "tcp://10.0.0.4:7104"),)
+    change(cluster, "a", ChangeKind.PROMOTE_LEARNER, "d")
+    cluster.tick(2)
+    assert cluster.nodes["b"].membership.addresses == (("d", "tcp://10.0.0.4:7104"),)
+    change(cluster, "a", ChangeKind.REMOVE_NODE, "d")
+    cluster.tick(2)
+    assert cluster.nodes["b"].membership.addresses == ()

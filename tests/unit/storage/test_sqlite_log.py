@@ -329,3 +329,12 @@ def test_the_slowest_sync_since_the_last_look_is_kept_for_the_disk_check(tmp_pat
         assert log.take_slowest_sync_s() == 0.0  # taken: the next round starts afresh
     finally:
         log.close()
+
+
+def test_a_snapshot_keeps_the_addresses_of_added_members(tmp_path: Path) -> None:
+    """A node restarted from a snapshot still reaches members added at run time."""
+    log = open_log(tmp_path)
+    added = Membership(frozenset({"n1", "n9"}), addresses=(("n9", "tcp://10.0.0.9:7109"),))
+    log.append(entries(1, 5))
+    log.save_snapshot(SnapshotMeta(index=5, term=1, membership=added), b"state")
+    assert reopened(log).snapshot.membership.addresses == (("n9", "tcp://10.0.0.9:7109"),)
