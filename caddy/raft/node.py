@@ -143,6 +143,12 @@ class RaftNode:
 
         self._votes: dict[str, bool] = {}
         self._progress: dict[str, Progress] = {}
+        # Leader only: members this leader removed, by the index of the CONFIG entry that
+        # removed them. They are still sent the log until they were told a commit index that
+        # covers their removal: else one that missed it would never learn that it was removed
+        # (nobody sends it the log any more) and would ask for votes for good. Data nodes only:
+        # a witness is sent no entry data, so it could not follow the log as a non-member.
+        self._departing: dict[str, int] = {}
         self._messages: list[tuple[str, Message]] = []
         self._read_states: list[ReadState] = []
         self._reads = ReadIndexTracker()
@@ -357,11 +363,14 @@ class RaftNode:
             raise RequestRejected("the leader has not committed an entry of its term yet")
         if self.membership_change_pending:
             raise RequestRejected("another membership change is in progress")
+        data_node = role_of(self.membership, node_id) in (MemberRole.VOTER, MemberRole.LEARNER)
         new_membership = apply_change(self.membership, kind, node_id, address)
         index = self.log.last_index() + 1
         entry = Entry(index, self.term, EntryKind.CONFIG, encode_membership(new_membership))
         self.log.append([entry])
         self._config_entries.append((index, new_membership))
+        if kind is ChangeKind.REMOVE_NODE and data_node and node_id in self._progress:
+            self._departing[node_id] = index  # (a witness holds no log to be sent)
         self._set_membership(new_membership)
         self._broadcast_append(send_empty=False)
         if self._maybe_commit():
@@ -542,6 +551,7 @@ class RaftNode:
 
     def _leave_leadership(self) -> None:
         self._progress = {}
+        self._departing = {}
         self._votes = {}
         self._transferee = None
         self._reads = ReadIndexTracker()
@@ -645,6 +655,14 @@ class RaftNode:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
         self._announce_commit()
+        if self._departing:
+            self._forget_departed()
+
+    def _forget_departed(self) -> None:
+        """Stop sending to removed members once they were told the commit of their removal."""
+        for peer, removed_at in list(self._departing.items()):
+            if self._progress[peer].commit_sent >= removed_at:
+                del self._departing[peer], self._progress[peer]
 
     def _announce_commit(self) -> None:
         """Tell followers the commit index that no AppendEntries has carried to them yet.
@@ -697,8 +715,10 @@ class RaftNode:
         if self.state is not StateRole.LEADER:
             return
         wanted = members(membership) - {self.id}
+        for peer in wanted & self._departing.keys():  # added back before it was told
+            del self._departing[peer]
         for peer in list(self._progress):
-            if peer not in wanted:
+            if peer not in wanted and peer not in self._departing:
                 del self._progress[peer]
         for peer in sorted(wanted - self._progress.keys()):
             self._add_progress(peer, self.log.last_index() + 1)

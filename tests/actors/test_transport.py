@@ -1,5 +1,6 @@
 """The transport over real loopback sockets: delivery, peer view, and garbage of every kind."""
 
+import dataclasses
 import os
 import queue
 import random
@@ -395,3 +396,39 @@ def test_nodes_stopping_at_the_same_moment_both_stop(tmp_path):
             stopper.join(timeout=10)
         assert not any(stopper.is_alive() for stopper in stoppers)
         assert not any(transport._thread.is_alive() for transport in transports.values())
+
+
+def test_a_peer_added_at_run_time_is_reached_and_heard(tmp_path):
+    """n3 is in neither n1's topology nor its peers: what n3 sends first is dropped (an unknown
+    sender, its connection cut); once n1 adds it (its address came with the membership), both
+    ways work, over the same link n3 had."""
+    every = load_topology(write_topology(tmp_path, 3))
+    ones = dataclasses.replace(every, nodes=every.nodes[:2])
+    first, newcomer = Transport(ones, "n1"), Transport(every, "n3")
+    inboxes = {"n1": queue.SimpleQueue(), "n3": queue.SimpleQueue()}
+    first.register("test", inboxes["n1"].put)
+    newcomer.register("test", inboxes["n3"].put)
+    first.start()
+    newcomer.start()
+    try:
+        wait_until(lambda: newcomer.peer_stats()["n1"].connected, 10, "n3 connected to n1")
+        newcomer.send("n1", "test.early", {})
+        wait_until(lambda: first.drop_counts().get("unknown-sender"), 10, "n3's frame dropped")
+        assert first.send("n3", "test.hello", {}) is False  # n1 cannot reach it yet
+        assert first.add_peer("n3", every.node("n3").address) is True
+        assert first.add_peer("n3", every.node("n3").address) is False  # known already
+        wait_until(lambda: "n3" in first.peer_stats(), 10, "n1 connecting to n3")
+        wait_until(lambda: first.send("n3", "test.hello", {}), 10, "n1 sending to n3")
+        assert inboxes["n3"].get(timeout=10).envelope.kind == "test.hello"
+
+        def heard_from_n3() -> bool:
+            newcomer.send("n1", "test.later", {})
+            try:
+                return inboxes["n1"].get(timeout=0.2).envelope.kind == "test.later"
+            except queue.Empty:
+                return False
+
+        wait_until(heard_from_n3, 20, "n1 hearing n3 after adding it")
+    finally:
+        first.stop()
+        newcomer.stop()

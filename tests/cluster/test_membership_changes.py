@@ -65,6 +65,12 @@ def test_grow_from_3_to_5_by_joining_then_shrink_back_with_reconfigure(tmp_path,
         finish_writers(every, writers)
         again = ctl(every, "reconfigure", str(three))
         assert again.stdout.strip() == "nothing to change"
+        for node in ("n4", "n5"):  # told by the leader, which sent them the log until then
+            wait_until(
+                lambda n=node: "removed from the cluster" in (tmp_path / f"{n}.log").read_text(),
+                20,
+                f"{node} saying it was removed",
+            )
         for process in processes.started[3:]:  # n4 and n5 are needed for nothing now
             process.kill()
             process.wait(10)

@@ -270,9 +270,8 @@ class FailoverWorld(World):
             for node in self.nodes
         )
 
-    def stop_removed_nodes(self) -> None:
-        if self.target is None:  # a node the target holds may be added back: keep it running
-            super().stop_removed_nodes()
+    def coming_back(self, node_id: str) -> bool:
+        return self.target is not None and node_id in self.target
 
     def liveness_bound(self) -> int:
         return super().liveness_bound() + (0 if self.target is None else 40 * CHECK_EVERY)

@@ -904,9 +904,17 @@ class World:
             return
         membership = leader.core.membership
         for node in self.live_nodes():
-            if node is not leader and role_of(membership, node.id) is MemberRole.NONE:
+            if (
+                node is not leader
+                and role_of(membership, node.id) is MemberRole.NONE
+                and not self.coming_back(node.id)
+            ):
                 self.log(f"stop removed {node.id}")
                 node.crash()
+
+    def coming_back(self, node_id: str) -> bool:
+        """Whether a node removed now is to be added back (kept running): never, here."""
+        return False
 
     def liveness_bound(self) -> int:
         """Steps allowed after healing: elect, then ship the longest log plus every pending

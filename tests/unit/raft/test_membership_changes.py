@@ -144,3 +144,25 @@ def test_an_added_nodes_address_travels_with_the_membership():
     change(cluster, "a", ChangeKind.REMOVE_NODE, "d")
     cluster.tick(2)
     assert cluster.nodes["b"].membership.addresses == ()
+
+
+def test_a_removed_node_that_missed_its_removal_is_told_and_stops_campaigning():
+    """Cut off while the leader removes it, d would never hear of it (nobody sends a non-member
+    the log) and would ask for votes for good; the leader sends it the log until it was told a
+    commit that covers its removal, then forgets it."""
+    cluster = Cluster(("a", "b", "c", "d"))
+    leader = cluster.elect("a")
+    cluster.isolate("d")
+    removal = change(cluster, "a", ChangeKind.REMOVE_NODE, "d")
+    cluster.tick(3, only=["a", "b", "c"])
+    assert leader.commit_index >= removal
+    assert "d" in leader.follower_progress()  # still sent to, d has not been told
+    cluster.heal()
+    cluster.tick(5)
+    removed = cluster.nodes["d"]
+    assert removed.member_role is MemberRole.NONE
+    assert removed.commit_index >= removal
+    assert "d" not in leader.follower_progress()
+    for _ in range(100):
+        cluster.tick(1)
+        assert removed.state is StateRole.FOLLOWER, "a removed node campaigned"
