@@ -20,8 +20,9 @@ StatusSource = Callable[[], dict[str, Any]]
 
 
 class ClientEndpointActor(pykka.ThreadingActor):
-    """Answers status and membership queries and drain requests (key-value requests go to the
-    Raft actor); `failover`: the node's FailoverActor, which drains."""
+    """Answers status and membership queries, drain and reload requests (key-value requests go
+    to the Raft actor); `failover`: the node's FailoverActor, which drains; `reload`: the
+    node's settings reload (`ClusterManager.reload`)."""
 
     def __init__(
         self,
@@ -31,6 +32,7 @@ class ClientEndpointActor(pykka.ThreadingActor):
         events: EventBus | None = None,
         failover: pykka.ActorRef | None = None,
         default_drain_s: float = 30.0,
+        reload: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self._transport = transport
@@ -39,6 +41,7 @@ class ClientEndpointActor(pykka.ThreadingActor):
         self._events = events
         self._failover = failover.proxy() if failover is not None else None
         self._default_drain_s = default_drain_s
+        self._reload = reload
 
     def on_receive(self, message: Any) -> None:
         if not isinstance(message, Inbound) or message.route is None:
@@ -52,6 +55,8 @@ class ClientEndpointActor(pykka.ThreadingActor):
             self._transport.reply(message.route, "client.events.ok", self._recent(message))
         elif kind in ("client.drain", "client.undrain") and self._failover is not None:
             self._transport.reply(message.route, f"{kind}.ok", self._drain(kind, message))
+        elif kind == "client.reload" and self._reload is not None:
+            self._transport.reply(message.route, "client.reload.ok", self._reload())
         else:
             self._transport.reply(
                 message.route, "client.error", {"error": "unknown-request", "kind": kind}

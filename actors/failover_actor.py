@@ -23,7 +23,7 @@ from typing import Any
 import pykka
 
 from actors.drain import Drain
-from actors.events import EventBus
+from actors.events import EventBus, Subscription
 from actors.health_checks import HealthCheckRunner, RoundResult, UserCheck
 from actors.hooks import HookRunner
 from actors.status_board import StatusBoard
@@ -123,30 +123,18 @@ class FailoverActor(pykka.ThreadingActor):
         user_checks: Sequence[UserCheck] = (),
     ) -> None:
         super().__init__()
-        settings = config.failover
         self._node_id = node_id
         self._transport = transport
         self._board = board
         self._events = events
         self._raft = raft.proxy() if raft is not None else None
         self._gossip = gossip.proxy() if gossip is not None else None
-        self._policy = policy_settings(config)
-        self._threshold = settings.failure_threshold
-        self._interval_s = settings.health_check_interval_ms / 1000
-        self._window_s = (
-            contact_window_ms(
-                config.raft.election_timeout_max_ms, config.transport.peer_heartbeat_ms
-            )
-            / 1000
+        self._own_checks = (
+            [*user_checks, self._raft_thread] if self._raft is not None else user_checks
         )
-        self._max_raft_lag_s = settings.max_raft_lag_ms / 1000
-        self._max_fsync_s = settings.max_fsync_ms / 1000
-        own_checks = [*user_checks, self._raft_thread] if self._raft is not None else user_checks
-        self._runner = HealthCheckRunner(node_id, settings.health_checks, own_checks)
         self._round_pool = ThreadPoolExecutor(1, thread_name_prefix=f"caddy-checks-{node_id}")
         self._round_running = False
         self._next_round = time.monotonic()
-        self._transfer_timeout_s = 3 * config.raft.election_timeout_max_ms / 1000
         self._desired_voters = len(config.voters)
         self._membership: Membership = config.membership
         self._histories: dict[str, HealthHistory] = {}
@@ -160,11 +148,42 @@ class FailoverActor(pykka.ThreadingActor):
         self._last_action: dict[str, Any] | None = None
         self._last_action_at: float | None = None
         self._decision = Decision()
+        self._hook_subscription: Subscription | None = None
+        self._adopt(config)
         self._section = self._status()  # replaced whole: read by other threads
-        self._hooks = HookRunner(node_id, settings)
-        if self._hooks.configured:
-            events.subscribe(self._hooks, kinds=self._hooks.kinds())
         board.contribute("failover", lambda: {**self._section, "hooks": self._hooks.status()})
+
+    def _adopt(self, config: ClusterConfig) -> None:
+        """Take the settings of `config`: at start, and at each settings reload (all of them are
+        live, `caddy.reload`); verdicts reached so far stand."""
+        settings = config.failover
+        self._policy = policy_settings(config)
+        self._threshold = settings.failure_threshold
+        for history in self._histories.values():
+            history.threshold = self._threshold
+        self._interval_s = settings.health_check_interval_ms / 1000
+        self._window_s = (
+            contact_window_ms(
+                config.raft.election_timeout_max_ms, config.transport.peer_heartbeat_ms
+            )
+            / 1000
+        )
+        self._max_raft_lag_s = settings.max_raft_lag_ms / 1000
+        self._max_fsync_s = settings.max_fsync_ms / 1000
+        self._runner = HealthCheckRunner(self._node_id, settings.health_checks, self._own_checks)
+        self._transfer_timeout_s = 3 * config.raft.election_timeout_max_ms / 1000
+        if self._hook_subscription is not None:
+            self._hook_subscription.cancel()
+            self._hook_subscription = None
+        self._hooks = HookRunner(self._node_id, settings)
+        if self._hooks.configured:
+            self._hook_subscription = self._events.subscribe(self._hooks, kinds=self._hooks.kinds())
+
+    def reload_settings(self, config: ClusterConfig) -> None:
+        """A settings reload (`ClusterManager.reload`)."""
+        self._adopt(config)
+        self._next_round = min(self._next_round, time.monotonic() + self._interval_s)
+        self._section = self._status()
 
     # ----- mailbox ------------------------------------------------------------------------------
 

@@ -24,12 +24,15 @@ from actors.status_board import StatusBoard
 from actors.subsystems import DEFAULT_SUBSYSTEMS, NodeContext, SubsystemSpec
 from actors.ticker import Ticker
 from actors.transport import Transport, transport_status
-from caddy.config import ClusterConfig
+from caddy.config import ClusterConfig, ConfigError, load_topology
 from caddy.events import NodeEvent, NodeStarting, NodeStopping
+from caddy.reload import plan_reload
 from caddy.replication.kv import KeyValueStore
 from caddy.replication.state_machine import StateMachine
 
 log = logging.getLogger(__name__)
+
+RELOAD_WAIT_S = 5.0  # the longest a subsystem may take to adopt reloaded settings
 
 
 class ClusterManager:
@@ -44,13 +47,16 @@ class ClusterManager:
         subsystems: Sequence[SubsystemSpec] = DEFAULT_SUBSYSTEMS,
         health_checks: Sequence[UserCheck] = (),
         join: bool = False,
+        reload_from: Callable[[], ClusterConfig] | None = None,
     ) -> None:
         """`state_machine` is what Raft replicates; the key-value store unless you pass your own.
         `subsystems`: what the node runs, started in this order (see `actors.subsystems`).
         `health_checks`: callables run with the topology's checks each check interval (a check
         fails when it returns False, raises or takes longer than the interval).
         `join`: the node joins a running cluster (`caddy-node --join`): it starts a member of
-        nothing, not of the topology's membership, and waits to be added (`caddy.joining`)."""
+        nothing, not of the topology's membership, and waits to be added (`caddy.joining`).
+        `reload_from`: where `reload()` reads the new settings; by default the topology file
+        the config was loaded from."""
         names = [spec.name for spec in subsystems]
         if len(set(names)) != len(names):
             raise ValueError(f"subsystem names must be unique, got {names}")
@@ -65,6 +71,8 @@ class ClusterManager:
         self._state_machine = state_machine or KeyValueStore()
         self._health_checks = tuple(health_checks)
         self._join = join
+        self._reload_from = reload_from or partial(load_topology, config.source)
+        self._reload_lock = threading.Lock()
         self._refs: dict[str, pykka.ActorRef] = {}  # by subsystem name, in start order
         self._started_at: float | None = None
         self._running = False
@@ -85,6 +93,7 @@ class ClusterManager:
             started=self._refs,
             health_checks=self._health_checks,
             join=self._join,
+            reload=self.reload,
         )
         for spec in self._specs:
             ref = spec.start(context)
@@ -218,6 +227,36 @@ class ClusterManager:
 
     def failover(self) -> pykka.ActorProxy | None:
         return self.subsystem("failover")
+
+    # ----- settings reload ---------------------------------------------------------------------
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the topology and take its live settings (SIGHUP, `caddy-ctl reload`; which
+        are live: `caddy.reload`): what changed, or `{"error": [lines]}` for a file that does
+        not load, and then nothing changed. From any thread, one reload at a time."""
+        with self._reload_lock:
+            try:
+                plan = plan_reload(self.config, self._reload_from())
+            except ConfigError as error:
+                for line in error.problems:
+                    log.error("node %s: reload refused, settings unchanged: %s", self.node_id, line)
+                return {"error": list(error.problems)}
+            if plan.applied:
+                for ref in self._refs.values():
+                    if hasattr(ref.actor_class, "reload_settings"):
+                        ref.proxy().reload_settings(plan.config).get(timeout=RELOAD_WAIT_S)
+                self.config = plan.config
+            for difference in plan.applied:
+                log.info("node %s: reloaded %s", self.node_id, difference.describe())
+            for difference in plan.restart_needed:
+                log.warning(
+                    "node %s: %s needs a restart to take effect",
+                    self.node_id,
+                    difference.describe(),
+                )
+            for note in plan.notes:
+                log.warning("node %s: %s", self.node_id, note)
+            return plan.document()
 
     # ----- status ------------------------------------------------------------------------------
 

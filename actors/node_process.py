@@ -14,9 +14,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from caddy.config import ClusterConfig, ConfigError, load_topology
+
+if TYPE_CHECKING:
+    from actors.manager import ClusterManager
 
 log = logging.getLogger("caddy.node")
 
@@ -81,15 +87,21 @@ def _data_dir(text: str) -> str:
     return text
 
 
+def _load(args: argparse.Namespace) -> ClusterConfig:
+    """The topology, with --data-dir in force: at start, and for each settings reload."""
+    config = load_topology(args.topology)
+    if args.data_dir:
+        config = dataclasses.replace(config, data_dir=Path(args.data_dir).resolve())
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = load_topology(args.topology)
+        config = _load(args)
     except ConfigError as error:
         print(str(error), file=sys.stderr)
         return EXIT_USAGE
-    if args.data_dir:
-        config = dataclasses.replace(config, data_dir=Path(args.data_dir).resolve())
     if args.node is None:
         if args.join:
             print("caddy-node: --join: only with --node ID", file=sys.stderr)
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_USAGE
     _configure_logging(args.node, args.log_level)
-    return run_node(args.node, config, join=args.join)
+    return run_node(args.node, config, join=args.join, reload_from=partial(_load, args))
 
 
 def _configure_logging(node_label: str, level: str) -> None:
@@ -134,6 +146,12 @@ def _ask_to_join(node_id: str, config: ClusterConfig) -> None:
         log.error("could not join the cluster: %s; add it with caddy-ctl add-node", error)
 
 
+def _reload_soon(manager: ClusterManager) -> None:
+    """On SIGHUP: reload on a thread of its own (a signal handler must not wait for actors)."""
+    log.info("received SIGHUP: reloading the settings")
+    threading.Thread(target=manager.reload, name="caddy-reload", daemon=True).start()
+
+
 def _stop_event_on_signals() -> threading.Event:
     stop = threading.Event()
 
@@ -146,9 +164,15 @@ def _stop_event_on_signals() -> threading.Event:
     return stop
 
 
-def run_node(node_id: str, config: ClusterConfig, join: bool = False) -> int:
+def run_node(
+    node_id: str,
+    config: ClusterConfig,
+    join: bool = False,
+    reload_from: Callable[[], ClusterConfig] | None = None,
+) -> int:
     """Run one node until SIGTERM or SIGINT, then stop it gracefully; with `join`, as a node
-    joining a running cluster, which it asks to add it."""
+    joining a running cluster, which it asks to add it. SIGHUP reloads the live settings from
+    `reload_from()` (`ClusterManager.reload`)."""
     import pykka
 
     from actors.manager import ClusterManager  # imported here: supervisor mode needs no zmq
@@ -156,7 +180,8 @@ def run_node(node_id: str, config: ClusterConfig, join: bool = False) -> int:
     for warning in config.warnings:  # advice about the topology, not an error
         log.warning("%s", warning)
     stop = _stop_event_on_signals()
-    manager = ClusterManager(node_id, config, join=join)
+    manager = ClusterManager(node_id, config, join=join, reload_from=reload_from)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: _reload_soon(manager))
     try:
         manager.start()
     except Exception as error:
@@ -214,6 +239,7 @@ class Supervisor:
                 self._command(node.id), env=env, preexec_fn=_die_with_parent
             )
             log.info("started node %s (pid %d)", node.id, self._children[node.id].pid)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self._forward(signal.SIGHUP))
         reported: set[str] = set()
         while not stop.wait(0.2):
             for node_id, child in self._children.items():
@@ -224,6 +250,12 @@ class Supervisor:
                 log.error("every node has exited")
                 return EXIT_FAILURE
         return self._stop_children()
+
+    def _forward(self, sig: int) -> None:
+        """SIGHUP to the supervisor: every node reloads its settings."""
+        for child in self._children.values():
+            if child.poll() is None:
+                child.send_signal(sig)
 
     def _stop_children(self) -> int:
         for child in self._children.values():

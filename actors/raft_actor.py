@@ -189,6 +189,7 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self.driver = RaftDriver(self.core, self._storage, self, writer=self._writer)
         self._ticks = 0
         self._unprocessed = 0
+        self._timings_ms = _timings_ms(self.core, config.tick_ms)  # replaced whole on reload
         self._membership: Membership = self.core.membership  # as last published
         self._reach(self._membership)
         if self._membership != config.membership and self._membership != Membership():
@@ -468,7 +469,7 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
     def _status_section(self) -> dict[str, Any]:
         """Called on the asking thread: reads the posted snapshot only."""
         raft = self._board.raft
-        return asdict(raft) if raft is not None else {}
+        return {**asdict(raft), "timings": self._timings_ms} if raft is not None else {}
 
     def carry_out(self, action: Action) -> str | None:
         """Start what the failover policy decided; None when started, else why not."""
@@ -476,6 +477,17 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         if refusal is None:
             self._process_ready()
         return refusal
+
+    def reload_settings(self, config: ClusterConfig) -> None:
+        """A settings reload (`ClusterManager.reload`; what is live: `caddy.reload`)."""
+        raft = config.raft
+        self.core.retime(
+            **RaftTimings.from_settings(raft, config.tick_ms).core_kwargs(),
+            snapshot_threshold=raft.snapshot_threshold,
+            snapshot_threshold_bytes=raft.snapshot_threshold_bytes,
+        )
+        self.service.request_timeout_s = config.transport.request_timeout_ms / 1000
+        self._timings_ms = _timings_ms(self.core, config.tick_ms)
 
     def ping(self) -> float:
         """Answered as soon as this thread gets to it (the failover's lag check), with the
@@ -494,6 +506,16 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self.core.transfer_leadership(target)
         self._process_ready()
         return target
+
+
+def _timings_ms(core: RaftNode, tick_ms: int) -> dict[str, int]:
+    """The timings the core runs with, for the status: what a settings reload changed."""
+    ticks = core.timings
+    return {
+        "heartbeat_ms": ticks["heartbeat_ticks"] * tick_ms,
+        "election_timeout_min_ms": ticks["election_ticks_min"] * tick_ms,
+        "election_timeout_max_ms": ticks["election_ticks_max"] * tick_ms,
+    }
 
 
 def _state_name(core: RaftNode) -> str:

@@ -45,6 +45,7 @@ class NodeContext:
     started: Mapping[str, pykka.ActorRef]  # the subsystems started before this one, by name
     health_checks: Sequence[UserCheck] = ()  # the user's own checks, given in code
     join: bool = False  # joining a running cluster: not a member of the topology's membership
+    reload: Callable[[], dict[str, Any]] | None = None  # re-read the topology's live settings
 
 
 def _always(config: ClusterConfig) -> bool:
@@ -138,6 +139,7 @@ def _start_client_endpoint(context: NodeContext) -> pykka.ActorRef:
         events=context.events,
         failover=context.started.get("failover"),
         default_drain_s=context.config.failover.drain_timeout_ms / 1000,
+        reload=context.reload,
     )
 
 

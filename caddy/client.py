@@ -247,6 +247,13 @@ class Client:
         """`node_id` takes client requests again; False when it was not draining."""
         return bool(self._ask_node(node_id, "client.undrain", {}).get("undrained"))
 
+    def reload(self, node_id: str) -> dict[str, Any]:
+        """`node_id` re-reads its topology file and takes the live settings (CONTRACT 8, like
+        SIGHUP): `{"applied": [...], "restart_needed": [...], "notes": [...]}`, each a line
+        ("raft.election_timeout_min_ms 150 -> 400"), or `{"error": [lines]}` for a file that
+        does not load (then nothing changed)."""
+        return self._ask_node(node_id, "client.reload", {})
+
     def admin(self, kind: str, body: dict[str, Any]) -> Any:
         """An operator request (`admin.change`, `admin.transfer`, `admin.check_restart`:
         CONTRACT 8), answered by the leader; RequestFailed with the reason when it refuses."""

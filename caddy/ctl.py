@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the longest wait for a node to be safe to restart, or back (default 120)",
     )
+    reload = commands.add_parser(
+        "reload", help="NODE re-reads its topology file and takes the live settings (SIGHUP)"
+    )
+    reload.add_argument("node", type=non_empty_text, metavar="NODE")
     reconfigure = commands.add_parser(
         "reconfigure",
         help="change the membership to NEW_TOPOLOGY's, one safe step at a time, printing each",
@@ -286,6 +290,7 @@ _NAMING_A_NODE = (
     "demote",
     "transfer-leader",
     "check-restart",
+    "reload",
 )
 
 
@@ -730,6 +735,21 @@ def _carry_out(client: Client, args: argparse.Namespace, step: Step, done: list[
         print(f"{step.describe()}: done", flush=True)
 
 
+def _reload(client: Client, args: argparse.Namespace) -> int:
+    """Exit 0 when the file loaded (whatever changed), 1 when it did not (nothing changed)."""
+    answer = client.reload(args.node)
+    if "error" in answer:
+        _say(args, {"node": args.node, **answer}, None)
+        for line in answer["error"]:
+            _error(f"reload {args.node}: refused, nothing changed: {line}")
+        return EXIT_FAILURE
+    lines = [f"applied: {line}" for line in answer["applied"]]
+    lines += [f"needs a restart: {line}" for line in answer["restart_needed"]]
+    lines += [f"note: {line}" for line in answer["notes"]]
+    _say(args, {"node": args.node, **answer}, "\n".join(lines) or "nothing changed")
+    return EXIT_OK
+
+
 def _step_document(step: Step) -> dict[str, Any]:
     return {"action": step.action, "node": step.node, "address": step.address}
 
@@ -872,6 +892,7 @@ _COMMANDS = {
     "check-restart": _check_restart,
     "rolling-restart": _rolling_restart,
     "reconfigure": _reconfigure,
+    "reload": _reload,
 }
 
 

@@ -340,6 +340,37 @@ class RaftNode:
         else:
             self._send_append(target, progress, send_empty=True)
 
+    def retime(
+        self,
+        *,
+        heartbeat_ticks: int,
+        election_ticks_min: int,
+        election_ticks_max: int,
+        snapshot_threshold: int,
+        snapshot_threshold_bytes: int,
+    ) -> None:
+        """New timings and snapshot thresholds (a settings reload). The election timer is drawn
+        again from the new range, and a read lease ends: it counted on the old timeouts."""
+        if not 1 <= heartbeat_ticks < election_ticks_min <= election_ticks_max:
+            raise ValueError("need 1 <= heartbeat_ticks < election_ticks_min <= election_ticks_max")
+        self._heartbeat_ticks = heartbeat_ticks
+        self._election_ticks_min = election_ticks_min
+        self._election_ticks_max = election_ticks_max
+        self._lease_ticks = election_ticks_min - heartbeat_ticks
+        self._lease_until = 0
+        self._randomized_timeout = self._draw_election_timeout()
+        self._snapshot_threshold = snapshot_threshold
+        self._snapshot_threshold_bytes = snapshot_threshold_bytes
+
+    @property
+    def timings(self) -> dict[str, int]:
+        """The timings in force, in ticks (for status pages)."""
+        return {
+            "heartbeat_ticks": self._heartbeat_ticks,
+            "election_ticks_min": self._election_ticks_min,
+            "election_ticks_max": self._election_ticks_max,
+        }
+
     def transfer_candidate(self) -> str | None:
         """The leader's best choice of successor: the voter whose log matches furthest."""
         candidates = [

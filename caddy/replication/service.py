@@ -69,7 +69,7 @@ class KeyValueService(Generic[Route]):
 
     __slots__ = (
         "_node_id",
-        "_request_timeout_s",
+        "request_timeout_s",
         "_read",
         "_max_entry_bytes",
         "_max_message_bytes",
@@ -106,7 +106,7 @@ class KeyValueService(Generic[Route]):
         waiter stands in the applied state now (`LockTable.view`), with the leader's clock in
         ms; None: no lock waits."""
         self._node_id = node_id  # for log records
-        self._request_timeout_s = request_timeout_s
+        self.request_timeout_s = request_timeout_s
         self._read = read
         self._max_write_bytes = max_write_bytes(max_message_bytes)
         self._max_entry_bytes = min(max_entry_bytes, self._max_write_bytes)
@@ -216,7 +216,7 @@ class KeyValueService(Generic[Route]):
     def proposed(self, proposal: Proposal[Route], first_index: int, term: int, now: float) -> None:
         """The core appended `proposal`'s entries from `first_index` on, in `term`; `now` is the
         monotonic clock (the writes' deadlines run from it)."""
-        deadline = now + self._request_timeout_s
+        deadline = now + self.request_timeout_s
         writes = self._writes
         for index, routes in enumerate(proposal.routes, first_index):
             writes[index] = _PendingEntry(routes, term, deadline)

@@ -15,6 +15,7 @@ from caddy.raft.timings import RaftTimings, RaftTimingsError
 from caddy.raft.types import Membership
 from caddy.swim.timings import SwimTimings
 from caddy.ticks import ms_to_ticks
+from tests.unit.raft.cluster import Cluster
 
 
 def timings(tick_ms: int = 10, **settings: int) -> RaftTimings:
@@ -124,3 +125,38 @@ def test_an_election_timeout_never_fires_before_the_configured_time() -> None:
     assert node.state is StateRole.FOLLOWER
     node.tick()
     assert node.state is not StateRole.FOLLOWER
+
+
+def test_retime_takes_new_election_timeouts_at_once():
+    """A settings reload: a follower waits out the new, longer election timeout."""
+    cluster = Cluster()
+    cluster.elect("a")
+    follower = cluster.nodes["b"]
+    follower.retime(
+        heartbeat_ticks=1,
+        election_ticks_min=40,
+        election_ticks_max=40,
+        snapshot_threshold=100,
+        snapshot_threshold_bytes=1 << 20,
+    )
+    assert follower.timings == {
+        "heartbeat_ticks": 1,
+        "election_ticks_min": 40,
+        "election_ticks_max": 40,
+    }
+    cluster.isolate("b")
+    cluster.tick(39, only=["b"])
+    assert follower.state is StateRole.FOLLOWER
+    cluster.tick(2, only=["b"])
+    assert follower.state is not StateRole.FOLLOWER
+
+
+def test_retime_refuses_timings_no_core_can_run():
+    with pytest.raises(ValueError, match="heartbeat_ticks < election_ticks_min"):
+        Cluster().nodes["a"].retime(
+            heartbeat_ticks=5,
+            election_ticks_min=5,
+            election_ticks_max=9,
+            snapshot_threshold=1,
+            snapshot_threshold_bytes=1,
+        )
