@@ -286,8 +286,9 @@ def _healthy_members(view: ClusterView) -> frozenset[str]:
 
 
 def carry_out(core: RaftNode, action: Action) -> str | None:
-    """Start `action` on the leader's Raft core; None when started, else why not. A promotion is
-    checked again against the live log (the decision was made on a view a moment old)."""
+    """Start `action` on the leader's Raft core; None when started, else why not. An automatic
+    promotion is checked again against the live log (the decision was made on a view a moment
+    old)."""
     try:
         if isinstance(action, TransferLeadership):
             core.transfer_leadership(action.target)
@@ -299,7 +300,7 @@ def carry_out(core: RaftNode, action: Action) -> str | None:
             change = ChangeKind.REMOVE_NODE
         else:
             change, address = action.change, action.address
-        if change is ChangeKind.PROMOTE_LEARNER:
+        if isinstance(action, PromoteLearner):  # an operator's was checked with its lag
             progress = core.progress_of(action.node)
             match = progress.match if progress is not None else None
             refusal = promotion_refusal(action.node, match, core.commit_index)

@@ -9,7 +9,9 @@ Refused, with a one-line reason, unless forced where a person may truly need it:
   on their own (forceable for a removal: it may be the way out of a dead node); so no removal
   leaves the committed log on the leader alone, and no new voter stalls commits;
 - removing or demoting the leader (move leadership first);
-- promoting a learner that lacks committed entries or lags more than `max_lag_entries`;
+- promoting a learner that lacks more than `max_lag_entries` committed entries or lags more
+  than that behind the leader's log (under writes a learner is always a few entries behind;
+  the automatic promotions of `caddy.failover` want every committed entry);
 - moving leadership to a node that is not a data voter, not healthy or not caught up.
 The sources of these rules are the failures of peer systems' tools: a rolling reboot that lost
 consensus for good (consul#8118), a dead-server cleanup that shrank quorum (consul#5922),
@@ -28,7 +30,6 @@ from caddy.failover import (
     ClusterView,
     MembershipChange,
     TransferLeadership,
-    promotion_refusal,
 )
 from caddy.quorum import VotingConfig
 from caddy.raft.errors import RequestRejected
@@ -110,10 +111,13 @@ def change_refusal(
     if change is Change.PROMOTE:
         if not view.healthy(node):
             return f"{node} is not healthy ({view.verdict(node).state.value})"
-        refusal = promotion_refusal(node, view.match.get(node), view.commit_index)
-        if refusal is not None:
-            return refusal
-        lag = view.last_index - view.match[node]
+        match = view.match.get(node)
+        if match is None or view.commit_index - match > max_lag_entries:
+            return (
+                f"{node} lacks committed entries ({match} < commit index {view.commit_index}, "
+                f"at most {max_lag_entries} behind)"
+            )
+        lag = view.last_index - match
         if lag > max_lag_entries:
             return f"{node} lags {lag} entries behind the leader (at most {max_lag_entries})"
     if force and change in FORCEABLE:

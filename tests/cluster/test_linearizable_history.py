@@ -1,5 +1,6 @@
-"""Concurrent clients on a few keys while a nemesis kills and pauses nodes: the recorded history
-must be linearizable (checked key by key by tests/linearizability.py)."""
+"""Concurrent clients on a few keys while a nemesis kills and pauses nodes, and in a second run
+also changes the membership (promotes, demotes, moves leadership): the recorded history must be
+linearizable (checked key by key by tests/linearizability.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 
 from caddy.client import Client, RequestFailed
 from caddy.errors import CaddyError
+from tests.cluster.failover_helpers import FAST_CHECKS
 from tests.harness import Processes, wait_until, write_topology
 from tests.linearizability import (
     FAILED,
@@ -32,7 +34,6 @@ from tests.linearizability import (
     ok,
 )
 
-NODE_IDS = ("n1", "n2", "n3")
 KEYS = ("x", "y", "z")
 WORKERS = 4
 RUN_S = 16.0
@@ -41,10 +42,11 @@ CLIENT_TIMEOUT_S = 2.0
 
 @dataclass
 class Cluster:
-    """Three node processes that the nemesis may kill, restart, pause and resume."""
+    """Node processes that the nemesis may kill, restart, pause and resume."""
 
     topology: Path
     processes: Processes
+    node_ids: tuple[str, ...]
     running: dict[str, Popen] = field(default_factory=dict)
     paused: set[str] = field(default_factory=set)
 
@@ -69,7 +71,7 @@ class Cluster:
     def heal(self) -> None:
         for node_id in list(self.paused):
             self.resume(node_id)
-        for node_id in NODE_IDS:
+        for node_id in self.node_ids:
             if node_id not in self.running:
                 self.start(node_id)
 
@@ -80,17 +82,24 @@ class Faults:
 
     kills: int = 0
     pauses: int = 0
+    changes: int = 0
     log: list[str] = field(default_factory=list)
 
 
-@pytest.fixture
-def cluster(tmp_path, processes):
-    nodes = Cluster(write_topology(tmp_path, 3), processes)
-    for node_id in NODE_IDS:
+def started(tmp_path: Path, processes: Processes, roles: list[str], **settings: Any) -> Cluster:
+    node_ids = tuple(f"n{i}" for i in range(1, len(roles) + 1))
+    topology = write_topology(tmp_path, len(roles), roles=roles, **settings)
+    nodes = Cluster(topology, processes, node_ids)
+    for node_id in node_ids:
         nodes.start(node_id)
     with Client(nodes.topology, timeout=1) as client:
         wait_until(client.leader, 20, "a leader")
     return nodes
+
+
+@pytest.fixture
+def cluster(tmp_path, processes):
+    return started(tmp_path, processes, ["voter"] * 3)
 
 
 def serves(client: Client, node_id: str) -> bool:
@@ -99,16 +108,26 @@ def serves(client: Client, node_id: str) -> bool:
     return bool(status and status.get("leader"))
 
 
-def nemesis(cluster: Cluster, stop: threading.Event, faults: Faults, rng: random.Random) -> None:
+def nemesis(
+    cluster: Cluster,
+    stop: threading.Event,
+    faults: Faults,
+    rng: random.Random,
+    membership: bool = False,
+) -> None:
     """Alternate kill -9 (and restart) with SIGSTOP (and SIGCONT), the leader half the time;
-    at most one node is down at any moment."""
+    at most one node is down at any moment. With `membership`, every third round changes the
+    membership instead, as an operator would (`change_membership`)."""
     with Client(cluster.topology, timeout=0.5) as client:
         try:
             for round_number in itertools.count():
                 if stop.wait(rng.uniform(0.5, 1.5)):
                     return
+                if membership and round_number % 3 == 2:
+                    change_membership(client, rng, faults)
+                    continue
                 leader = client.leader()
-                target = leader if leader and rng.random() < 0.5 else rng.choice(NODE_IDS)
+                target = leader if leader and rng.random() < 0.5 else rng.choice(cluster.node_ids)
                 started = time.monotonic()
                 if round_number % 2 == 0:
                     cluster.kill(target)
@@ -128,6 +147,29 @@ def nemesis(cluster: Cluster, stop: threading.Event, faults: Faults, rng: random
                 wait_until(partial(serves, client, target), 20, f"{target} to rejoin")
         finally:
             cluster.heal()
+
+
+def change_membership(client: Client, rng: random.Random, faults: Faults) -> None:
+    """Promote a learner, else demote a voter that does not lead (while 4 vote), else move
+    leadership: each asked of the leader as caddy-ctl asks, its rules deciding."""
+    try:
+        leader = client.leader()
+        members = client.status(leader)["membership"]
+        if members["learners"]:
+            request = (
+                "admin.change",
+                {"change": "promote", "node": rng.choice(members["learners"])},
+            )
+        elif len(members["voters"]) > 3:
+            followers = [node for node in members["voters"] if node != leader]
+            request = ("admin.change", {"change": "demote", "node": rng.choice(followers)})
+        else:
+            request = ("admin.transfer", {"node": None})
+        client.admin(*request)
+        faults.changes += 1
+        faults.log.append(f"{request[0]} {request[1]}")
+    except CaddyError as error:  # refused (a learner behind, a change in flight) or no leader
+        faults.log.append(f"membership change not made: {error}")
 
 
 def worker(topology: Path, process: int, stop: threading.Event, seed: int) -> list[Operation]:
@@ -191,6 +233,21 @@ def final_reads(topology: Path) -> list[Operation]:
 
 
 def test_history_under_kills_and_pauses_is_linearizable(cluster):
+    faults = run_and_check(cluster)
+    assert faults.kills >= 1 and faults.pauses >= 1, faults.log
+
+
+def test_history_under_kills_pauses_and_membership_changes_is_linearizable(tmp_path, processes):
+    """n4 starts a learner: promoted, a voter demoted, promoted again... among the faults."""
+    roles = ["voter", "voter", "voter", "learner"]
+    # health judged every 200 ms: a new leader knows within a second whom it may promote
+    cluster = started(tmp_path, processes, roles, failover=FAST_CHECKS)
+    faults = run_and_check(cluster, membership=True)
+    assert faults.kills >= 1 and faults.pauses >= 1 and faults.changes >= 2, faults.log
+
+
+def run_and_check(cluster: Cluster, membership: bool = False) -> Faults:
+    """Workers and the nemesis for RUN_S, then the history checked; what the nemesis did."""
     seed = random.randrange(1 << 32)
     stop = threading.Event()
     faults = Faults()
@@ -199,7 +256,7 @@ def test_history_under_kills_and_pauses_is_linearizable(cluster):
             pool.submit(worker, cluster.topology, process, stop, seed + process)
             for process in range(WORKERS)
         ]
-        chaos = pool.submit(nemesis, cluster, stop, faults, random.Random(seed))
+        chaos = pool.submit(nemesis, cluster, stop, faults, random.Random(seed), membership)
         stop.wait(RUN_S)
         stop.set()
         chaos.result()
@@ -211,4 +268,4 @@ def test_history_under_kills_and_pauses_is_linearizable(cluster):
     verdict = check_history(history)
     assert verdict, f"{summary}\n{verdict}"
     assert by_status["ok"] >= 300, summary
-    assert faults.kills >= 1 and faults.pauses >= 1, summary
+    return faults

@@ -22,7 +22,7 @@ Checked at every action, beside Raft's own invariants:
 - no action comes from a node that is not leader, or twice within the minimum interval;
 - an operator's removal or demotion that the rules let through (unforced) leaves the members
   judged healthy and holding every committed entry a quorum; a promotion or a transfer they let
-  through goes to a node holding every committed entry;
+  through goes to a node whose durable log lacks at most `max_lag_entries` committed entries;
 - the planner never asks to remove or demote the node that leads (it moves leadership first);
 and after healing, the cluster settles as Raft's own simulation demands, with the target
 membership of a reconfiguring seed reached.
@@ -224,7 +224,7 @@ class FailoverWorld(World):
         if change_refusal(view, change, member, lag, force=force) is not None:
             return
         if change is Change.PROMOTE:
-            self.check_promotion(node, PromoteLearner(member, reason="operator"))
+            self.check_operator_promotion(node, member)
         if change in (Change.REMOVE, Change.DEMOTE) and not force:
             self.check_operator_shrink(node, view, change, member)
         if carry_out(node.core, MembershipChange(change.raft_kind, member, "operator")) is None:
@@ -253,7 +253,7 @@ class FailoverWorld(World):
         if change_refusal(view, change, step.node, lag) is not None:
             return
         if change is Change.PROMOTE:
-            self.check_promotion(node, PromoteLearner(step.node, reason="reconfigure"))
+            self.check_operator_promotion(node, step.node)
         if change in (Change.REMOVE, Change.DEMOTE):
             self.check_operator_shrink(node, view, change, step.node)
         action = MembershipChange(change.raft_kind, step.node, "reconfigure", step.address)
@@ -332,15 +332,21 @@ class FailoverWorld(World):
         if not after.can_progress(healthy - {action.node}):
             raise InvariantViolation(f"without {action.node} the healthy members lack quorum")
 
-    def check_promotion(self, node: SimNode, action: PromoteLearner) -> None:
+    def check_promotion(self, node: SimNode, action: PromoteLearner, lag: int = 0) -> None:
+        """The learner's durable log holds every committed entry (an operator's promotion:
+        all but `lag` of them; under writes a learner is always a few entries behind)."""
         learner = self.nodes[action.node]
         durable = learner.storage.load()
         base = durable.snapshot.index if durable.snapshot else 0
         held = base + len(durable.entries)
-        if held < node.core.commit_index:
+        if held < node.core.commit_index - lag:
             raise InvariantViolation(
                 f"{action.node} promoted holding {held} of {node.core.commit_index} committed"
             )
+
+    def check_operator_promotion(self, node: SimNode, member: str) -> None:
+        action = PromoteLearner(member, reason="operator")
+        self.check_promotion(node, action, self.policy.max_lag_entries)
 
     def settled(self) -> bool:
         leader = self.any_leader()

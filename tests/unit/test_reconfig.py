@@ -99,9 +99,11 @@ def test_a_removal_never_leaves_the_committed_log_on_the_leader_alone() -> None:
 
 
 def test_promotion_needs_a_healthy_caught_up_learner() -> None:
-    behind = view(match={"n1": 50, "n2": 50, "n3": 50, "n4": 49})
+    writing = view(match={"n1": 50, "n2": 50, "n3": 50, "n4": 49})  # one entry in flight
+    assert change_refusal(writing, Change.PROMOTE, "n4", LAG) is None
+    behind = view(match={"n1": 50, "n2": 50, "n3": 50, "n4": 44})
     assert change_refusal(behind, Change.PROMOTE, "n4", LAG) == (
-        "n4 lacks committed entries (49 < commit index 50)"
+        "n4 lacks committed entries (44 < commit index 50, at most 5 behind)"
     )
     far = view(match={"n1": 60, "n2": 60, "n3": 60, "n4": 50}, last_index=60)
     assert change_refusal(far, Change.PROMOTE, "n4", LAG) == (
