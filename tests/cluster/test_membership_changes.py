@@ -45,6 +45,13 @@ def test_grow_from_3_to_5_by_joining_then_shrink_back_with_reconfigure(tmp_path,
             processes.node(every, node, "--join")
         wait_until(lambda: voters(client) == ["n1", "n2", "n3", "n4", "n5"], 60, "n4 and n5 voters")
         assert "new peer n4 at tcp://" in cluster.log_path("n1").read_text()
+        cluster.restart("n2")  # kill -9, then started again with the 3-node file
+        wait_until(
+            lambda: "membership from the log: voters n1, n2, n3, n4, n5 (the topology file says "
+            "voters n1, n2, n3)" in cluster.log_path("n2").read_text(),
+            20,
+            "n2 saying where its membership came from",
+        )
         moved = run_ctl(every, "--timeout", "10", "transfer-leader", "n5", timeout=30)
         assert moved.returncode == 0, moved.stderr  # n1..n3 reach the new leader, and follow it
 
