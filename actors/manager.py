@@ -256,6 +256,8 @@ class ClusterManager:
                 )
             for note in plan.notes:
                 log.warning("node %s: %s", self.node_id, note)
+            if any(difference.path == "log_level" for difference in plan.applied):
+                logging.getLogger().setLevel(plan.config.log_level)  # after saying what changed
             return plan.document()
 
     # ----- status ------------------------------------------------------------------------------

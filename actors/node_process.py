@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from caddy.config import ClusterConfig, ConfigError, load_topology
+from caddy.config import LOG_LEVELS, ClusterConfig, ConfigError, load_topology
 
 if TYPE_CHECKING:
     from actors.manager import ClusterManager
@@ -30,7 +30,6 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 CHILD_STOP_GRACE_S = 10.0
 JOIN_WAIT_S = 3600.0  # the longest a joining node asks to be added and promoted
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class _UsageParser(argparse.ArgumentParser):
@@ -65,11 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--log-level",
-        default="INFO",
+        default=None,
         type=str.upper,
         choices=LOG_LEVELS,
         metavar="LEVEL",
-        help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)",
+        help=f"logging level: {', '.join(LOG_LEVELS)} (default: the topology's log_level, INFO)",
     )
     return parser.parse_args(argv)
 
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.join:
             print("caddy-node: --join: only with --node ID", file=sys.stderr)
             return EXIT_USAGE
-        _configure_logging("supervisor", args.log_level)
+        _configure_logging("supervisor", args.log_level or config.log_level)
         return Supervisor(args, config).run()
     if args.node not in {node.id for node in config.nodes}:
         known = ", ".join(node.id for node in config.nodes)
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    _configure_logging(args.node, args.log_level)
+    _configure_logging(args.node, args.log_level or config.log_level)
     return run_node(args.node, config, join=args.join, reload_from=partial(_load, args))
 
 
@@ -223,9 +222,9 @@ class Supervisor:
             self._args.topology,
             "--node",
             node_id,
-            "--log-level",
-            self._args.log_level,
         ]
+        if self._args.log_level:
+            command += ["--log-level", self._args.log_level]
         if self._args.data_dir:
             command += ["--data-dir", self._args.data_dir]
         return command

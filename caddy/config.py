@@ -25,6 +25,7 @@ from caddy.sizes import MIN_MESSAGE_BYTES
 
 NodeRole = Literal["voter", "learner", "witness"]
 NODE_ROLES: tuple[str, ...] = get_args(NodeRole)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 BALANCER_STRATEGIES = ("round_robin", "least_connections", "weighted", "random", "ip_hash")
 MAX_PORT = 65535
 CLIENT_PORT_OFFSET = 100  # a node's client port defaults to its peer port + this
@@ -252,6 +253,8 @@ class ClusterConfig:
     nodes: tuple[NodeConfig, ...]
     data_dir: Path
     tick_ms: int = 10
+    # The node's logging level unless `caddy-node --log-level` says otherwise; live on reload.
+    log_level: str = _setting("INFO", choices=LOG_LEVELS)
     raft: RaftSettings = field(default_factory=RaftSettings)
     transport: TransportSettings = field(default_factory=TransportSettings)
     failover: FailoverSettings = field(default_factory=FailoverSettings)
@@ -306,6 +309,7 @@ class ClusterConfig:
             "cluster": self.cluster,
             "data_dir": str(self.data_dir),
             "tick_ms": self.tick_ms,
+            "log_level": self.log_level,
             "nodes": [asdict(node) for node in self.nodes],
             **{name: _section_dict(getattr(self, name)) for name in _SECTIONS},
         }
@@ -343,7 +347,7 @@ def _section_dict(section: Any) -> dict[str, Any]:
 # Loading and validation
 
 
-_TOP_KEYS = ("cluster", "data_dir", "tick_ms", "nodes", *_SECTIONS)
+_TOP_KEYS = ("cluster", "data_dir", "tick_ms", "log_level", "nodes", *_SECTIONS)
 _NODE_KEYS = tuple(spec.name for spec in fields(NodeConfig))
 _FIELDS: dict[tuple[type, str], Field[Any]] = {
     (cls, spec.name): spec
@@ -692,6 +696,8 @@ def parse_topology(
         problems.add("data_dir", f"must be a non-empty path string, got {_show(data_dir)}")
     tick_ms = data.get("tick_ms", _FIELDS[ClusterConfig, "tick_ms"].default)
     _check_setting(problems, "tick_ms", tick_ms, _FIELDS[ClusterConfig, "tick_ms"])
+    log_level = data.get("log_level", _FIELDS[ClusterConfig, "log_level"].default)
+    _check_setting(problems, "log_level", log_level, _FIELDS[ClusterConfig, "log_level"])
 
     raw_nodes = data.get("nodes")
     nodes: list[dict[str, Any]] = []
@@ -728,6 +734,7 @@ def parse_topology(
         nodes=tuple(NodeConfig(**node) for node in nodes),
         data_dir=_resolve_data_dir(data_dir, base_dir),
         tick_ms=tick_ms,
+        log_level=log_level,
         source=source,
         warnings=warnings,
         **sections,

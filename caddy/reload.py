@@ -1,8 +1,9 @@
 """Settings reload (SIGHUP, `caddy-ctl reload NODE`; CONTRACT 8): which settings of a re-read
 topology file a running node takes at once, and which need a restart.
 
-Live: the Raft timings (heartbeat and election timeouts) and snapshot thresholds, every
-`failover` setting (thresholds, checks, hooks, drain timeout) and the client request timeout.
+Live: the log level, the Raft timings (heartbeat and election timeouts) and snapshot
+thresholds, every `failover` setting (thresholds, checks, hooks, drain timeout) and the client
+request timeout.
 Everything else is reported as needing a restart: sockets, sizes, the gossip timings, the tick,
 the data dir, a node's addresses. The membership is not a setting: a running cluster's lives in
 its log and changes with `caddy-ctl reconfigure`, so node entries that differ are reported as
@@ -31,6 +32,7 @@ LIVE_KEYS: dict[str, frozenset[str] | None] = {  # None: every key of the sectio
     "failover": None,
     "transport": frozenset({"request_timeout_ms"}),
 }
+LIVE_TOP_KEYS = frozenset({"log_level"})
 MEMBERSHIP_NOTE = "membership: changes with caddy-ctl reconfigure, not with a reload"
 
 
@@ -79,7 +81,9 @@ def plan_reload(current: ClusterConfig, new: ClusterConfig) -> ReloadPlan:
             if keys is None or field.name in keys
         }
         sections[name] = dataclasses.replace(old_section, **live)
-    merged = dataclasses.replace(current, **sections)
+    merged = dataclasses.replace(
+        current, **sections, **{key: getattr(new, key) for key in LIVE_TOP_KEYS}
+    )
     for difference in _differences(current.to_dict(), new.to_dict()):
         if difference.path.startswith("nodes"):
             if MEMBERSHIP_NOTE not in notes:
@@ -96,6 +100,8 @@ def plan_reload(current: ClusterConfig, new: ClusterConfig) -> ReloadPlan:
 
 
 def _is_live(path: str) -> bool:
+    if path in LIVE_TOP_KEYS:
+        return True
     section, _, key = path.partition(".")
     if section not in LIVE_KEYS:
         return False

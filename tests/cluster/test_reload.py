@@ -18,7 +18,9 @@ def timings(client: Client, node: str) -> dict:
 def rewrite(topology, **sections) -> None:
     document = yaml.safe_load(topology.read_text())
     for name, values in sections.items():
-        document[name] = {**document.get(name, {}), **values}
+        document[name] = (
+            {**document.get(name, {}), **values} if isinstance(values, dict) else values
+        )
     topology.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
@@ -34,6 +36,7 @@ def test_sighup_and_reload_take_live_settings_and_a_broken_file_changes_nothing(
             cluster.topology,
             raft={"election_timeout_min_ms": 400, "election_timeout_max_ms": 800},
             gossip={"profile": "fast"},
+            log_level="WARNING",
             failover={
                 "health_checks": [{"command": "false"}],
                 "failure_threshold": 1,
@@ -55,6 +58,7 @@ def test_sighup_and_reload_take_live_settings_and_a_broken_file_changes_nothing(
         )
         log = cluster.log_path("n2").read_text()
         assert "reloaded raft.election_timeout_min_ms 150 -> 400" in log
+        assert "reloaded log_level 'INFO' -> 'WARNING'" in log
         assert "gossip.profile 'lan' -> 'fast' needs a restart to take effect" in log
 
         reloaded = run_ctl(cluster.topology, "--timeout", "10", "reload", "n3", timeout=30)

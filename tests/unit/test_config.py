@@ -643,8 +643,8 @@ def test_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_topology(path)
     assert caught.value.problems == (
-        f"{path}: base: unknown key; known keys: cluster, data_dir, tick_ms, nodes, raft, "
-        "transport, failover, replication, gossip, balancer",
+        f"{path}: base: unknown key; known keys: cluster, data_dir, tick_ms, log_level, nodes, "
+        "raft, transport, failover, replication, gossip, balancer",
     )
 
 

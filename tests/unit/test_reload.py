@@ -94,3 +94,11 @@ def test_every_failover_key_is_live():
     plan = plan_reload(config(), config(failover=changed))
     assert plan.config.failover == dataclasses.replace(defaults, **changed)
     assert len(plan.applied) == 3
+
+
+def test_the_log_level_changes_live_and_is_checked():
+    plan = plan_reload(config(), config(log_level="DEBUG"))
+    assert plan.document()["applied"] == ["log_level 'INFO' -> 'DEBUG'"]
+    assert plan.config.log_level == "DEBUG"
+    with pytest.raises(ConfigError, match="topology.yaml: log_level: must be one of"):
+        config(log_level="LOUD")
