@@ -26,7 +26,7 @@ from caddy.sizes import MIN_MESSAGE_BYTES
 NodeRole = Literal["voter", "learner", "witness"]
 NODE_ROLES: tuple[str, ...] = get_args(NodeRole)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-BALANCER_STRATEGIES = ("round_robin", "least_connections", "weighted", "random", "ip_hash")
+BALANCER_STRATEGIES = ("round_robin", "least_connections", "weighted", "random", "ip_hash", "p2c")
 MAX_PORT = 65535
 CLIENT_PORT_OFFSET = 100  # a node's client port defaults to its peer port + this
 

@@ -520,7 +520,7 @@ INVALID = [
         ("balancer", "strategy"),
         "fastest",
         "balancer.strategy: must be one of "
-        "round_robin, least_connections, weighted, random, ip_hash, got 'fastest'",
+        "round_robin, least_connections, weighted, random, ip_hash, p2c, got 'fastest'",
         id="strategy",
     ),
 ]
