@@ -225,6 +225,47 @@ class BalancerSettings:
     strategy: str = _setting("round_robin", choices=BALANCER_STRATEGIES)
 
 
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """One backend of a service: where it listens, and its share of the traffic."""
+
+    id: str
+    address: str  # tcp://HOST:PORT
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceHealth:
+    """A service's active checks of its backends: a TCP connect, or an HTTP GET of `http`."""
+
+    interval_ms: int = 1000
+    failure_threshold: int = 3  # failed checks in a row before a backend is unhealthy
+    http: str = ""  # a path ("/health"): GET it, healthy on 2xx; "": a TCP connect
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """One entry of `services:` (CONTRACT 7); the backends are where the registry starts."""
+
+    name: str
+    strategy: str = _setting("round_robin", choices=BALANCER_STRATEGIES)
+    listen: tuple[tuple[str, str], ...] = ()  # (node id, tcp://HOST:PORT) of each node's proxy
+    health: ServiceHealth = field(default_factory=ServiceHealth)
+    backends: tuple[BackendConfig, ...] = ()
+    slow_start_ms: int = _setting(10_000, minimum=0)  # a backend that joins or recovers ramps up
+    panic_threshold_percent: int = _setting(50, minimum=0)  # fewer eligible: spread over all
+
+    def to_topology(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "listen": dict(self.listen),
+            "health": asdict(self.health),
+            "backends": [asdict(backend) for backend in self.backends],
+            "slow_start_ms": self.slow_start_ms,
+            "panic_threshold_percent": self.panic_threshold_percent,
+        }
+
+
 # Keys that were settings once and are now ignored (with a logged warning), so that older topology
 # files keep loading: why each one went.
 _REMOVED_KEYS: dict[str, dict[str, str]] = {
@@ -261,6 +302,7 @@ class ClusterConfig:
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     gossip: GossipSettings = field(default_factory=GossipSettings)
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
+    services: tuple[ServiceConfig, ...] = ()
     source: str = "<memory>"
     warnings: tuple[str, ...] = ()
 
@@ -312,6 +354,7 @@ class ClusterConfig:
             "log_level": self.log_level,
             "nodes": [asdict(node) for node in self.nodes],
             **{name: _section_dict(getattr(self, name)) for name in _SECTIONS},
+            "services": {service.name: service.to_topology() for service in self.services},
         }
 
     def to_json(self) -> str:
@@ -347,11 +390,13 @@ def _section_dict(section: Any) -> dict[str, Any]:
 # Loading and validation
 
 
-_TOP_KEYS = ("cluster", "data_dir", "tick_ms", "log_level", "nodes", *_SECTIONS)
+_TOP_KEYS = ("cluster", "data_dir", "tick_ms", "log_level", "nodes", *_SECTIONS, "services")
+_SERVICE_KEYS = tuple(spec.name for spec in fields(ServiceConfig) if spec.name != "name")
 _NODE_KEYS = tuple(spec.name for spec in fields(NodeConfig))
 _FIELDS: dict[tuple[type, str], Field[Any]] = {
     (cls, spec.name): spec
-    for cls in (NodeConfig, ClusterConfig, *_SECTIONS.values())
+    for cls in (NodeConfig, ClusterConfig, ServiceConfig, ServiceHealth, BackendConfig)
+    + tuple(_SECTIONS.values())
     for spec in fields(cls)
 }
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -554,6 +599,119 @@ def _parse_section(problems: _Problems, name: str, raw: object) -> Any:
     return GossipSettings.for_profile(**given) if cls is GossipSettings else cls(**given)
 
 
+def _parse_services(
+    problems: _Problems, raw: object, node_ids: set[str], default_strategy: str
+) -> tuple[ServiceConfig, ...]:
+    """`services: {NAME: {strategy, listen, health, backends, ...}}`; bad entries reported."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        problems.add("services", f"must be a mapping of service names, got {_show(raw)}")
+        return ()
+    services = []
+    for name, entry in raw.items():
+        path = _join("services", name)
+        if not _check_identifier(problems, path, name):
+            continue
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, dict):
+            problems.add(path, f"must be a mapping, got {_show(entry)}")
+            continue
+        _reject_unknown_keys(problems, entry, _SERVICE_KEYS, path)
+        given: dict[str, Any] = {"strategy": default_strategy}
+        for key in ("strategy", "slow_start_ms", "panic_threshold_percent"):
+            if key in entry and _check_setting(
+                problems, f"{path}.{key}", entry[key], _FIELDS[ServiceConfig, key]
+            ):
+                given[key] = entry[key]
+        given["listen"] = _parse_listen(problems, f"{path}.listen", entry.get("listen"), node_ids)
+        given["health"] = _parse_service_health(problems, f"{path}.health", entry.get("health"))
+        given["backends"] = _parse_backends(problems, f"{path}.backends", entry.get("backends"))
+        services.append(ServiceConfig(name=name, **given))
+    return tuple(services)
+
+
+def _parse_listen(
+    problems: _Problems, path: str, raw: object, node_ids: set[str]
+) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        problems.add(path, f"must be a mapping of node ids to tcp://HOST:PORT, got {_show(raw)}")
+        return ()
+    listen = []
+    for node, address in raw.items():
+        where = _join(path, node)
+        if node not in node_ids:
+            problems.add(where, f"no node {_show(node)} in nodes")
+        elif problem := _endpoint_problem(address):
+            problems.add(where, problem)
+        else:
+            listen.append((node, address))
+    return tuple(sorted(listen))
+
+
+def _parse_service_health(problems: _Problems, path: str, raw: object) -> ServiceHealth:
+    if raw is None:
+        return ServiceHealth()
+    if not isinstance(raw, dict):
+        problems.add(path, f"must be a mapping, got {_show(raw)}")
+        return ServiceHealth()
+    known = tuple(spec.name for spec in fields(ServiceHealth))
+    _reject_unknown_keys(problems, raw, known, path)
+    given = {
+        key: raw[key]
+        for key in known
+        if key in raw
+        and _check_setting(problems, f"{path}.{key}", raw[key], _FIELDS[ServiceHealth, key])
+    }
+    http = given.get("http", "")
+    if http and not http.startswith("/"):
+        problems.add(f"{path}.http", f"must be a path starting with '/', got {_show(http)}")
+        given.pop("http")
+    return ServiceHealth(**given)
+
+
+def _parse_backends(problems: _Problems, path: str, raw: object) -> tuple[BackendConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.add(path, f"must be a list of backends, got {_show(raw)}")
+        return ()
+    backends: list[BackendConfig] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(raw):
+        where = f"{path}[{index}]"
+        if not isinstance(entry, dict):
+            problems.add(where, f"must be a mapping with id and address, got {_show(entry)}")
+            continue
+        _reject_unknown_keys(problems, entry, ("id", "address", "weight"), where)
+        ok = True
+        for key in ("id", "address"):
+            if key not in entry:
+                problems.add(f"{where}.{key}", "missing (required)")
+                ok = False
+        if "id" in entry:
+            if not _check_identifier(problems, f"{where}.id", entry["id"]):
+                ok = False
+            elif entry["id"] in seen:
+                problems.add(f"{where}.id", f"{entry['id']!r} is listed twice")
+                ok = False
+        if "address" in entry and (problem := _endpoint_problem(entry["address"])):
+            problems.add(f"{where}.address", problem)
+            ok = False
+        weight = entry.get("weight", 1)
+        if not _check_setting(
+            problems, f"{where}.weight", weight, _FIELDS[BackendConfig, "weight"]
+        ):
+            ok = False
+        if ok:
+            seen.add(entry["id"])
+            backends.append(BackendConfig(entry["id"], entry["address"], weight))
+    return tuple(backends)
+
+
 def _warn_removed(line: str) -> None:
     # Imported here: logging pulls in threading, and a topology without removed keys (the usual
     # case) keeps this module free of it.
@@ -717,6 +875,9 @@ def parse_topology(
     }
     _check_settings_together(problems, {**values, "tick_ms": tick_ms})
     _check_raft_ticks(problems, sections["raft"], tick_ms)
+    node_ids = {node["id"] for node in nodes if "id" in node}
+    default_strategy = sections["balancer"].strategy
+    services = _parse_services(problems, data.get("services"), node_ids, default_strategy)
     if problems.lines:
         raise ConfigError(problems.lines)
 
@@ -735,6 +896,7 @@ def parse_topology(
         data_dir=_resolve_data_dir(data_dir, base_dir),
         tick_ms=tick_ms,
         log_level=log_level,
+        services=services,
         source=source,
         warnings=warnings,
         **sections,

@@ -644,7 +644,7 @@ def test_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
         load_topology(path)
     assert caught.value.problems == (
         f"{path}: base: unknown key; known keys: cluster, data_dir, tick_ms, log_level, nodes, "
-        "raft, transport, failover, replication, gossip, balancer",
+        "raft, transport, failover, replication, gossip, balancer, services",
     )
 
 
