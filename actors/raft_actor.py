@@ -49,7 +49,10 @@ from caddy.raft.storage_api import LogStorage
 from caddy.raft.timings import RaftTimings
 from caddy.raft.types import Entry, EntryKind, Membership, SnapshotMeta
 from caddy.reconfig import membership_document
-from caddy.replication.locks import LockView, SweepTimer, sweep_entry, with_locks
+from caddy.replication.commands import encode_batch
+from caddy.replication.locks import LockView, SweepTimer, sweep_entry
+from caddy.replication.node_stack import node_stack
+from caddy.replication.registry import seed_command
 from caddy.replication.service import KeyValueService
 from caddy.replication.state_machine import StateMachine
 from caddy.storage import SqliteLogStorage
@@ -139,7 +142,21 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         self._events = events
         self._node_id = node_id
         self._transport = transport
-        self._state_machine, self._locking = with_locks(state_machine)
+        stack = node_stack(state_machine)
+        self._state_machine, self._locking, self._registry = (
+            stack.sessions,
+            stack.locking,
+            stack.registry,
+        )
+        self._registry.on_change = self._registry_changed
+        self._registry_section = self._registry_document()
+        # The topology's services, written into the registry by the first leader to find it
+        # unseeded (`caddy.replication.registry`); asked again a second later if not applied.
+        self._seed = seed_command(
+            (s.name, [(b.id, b.address, b.weight) for b in s.backends]) for s in config.services
+        )
+        self._seeding = SweepTimer()
+        self._config_services = bool(config.services)
         self._sweeps = SweepTimer()
         self._vote_records: VoteRecords | None = None
         if storage is None:
@@ -204,6 +221,7 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
         board.contribute("raft", self._status_section, top_level=True)
         board.contribute("votes", lambda: self._votes_section)
         board.contribute("membership", lambda: membership_document(self._membership))
+        board.contribute("registry", lambda: self._registry_section)
 
     @staticmethod
     def _create_actor_inbox() -> ReadingInbox:
@@ -230,6 +248,7 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
                 self.service.expire(time.monotonic())
             if self._leading:
                 self._sweep_locks()
+                self._seed_registry()
         elif isinstance(message, InboundBatch):
             for inbound in message.messages:
                 self._on_inbound(inbound)
@@ -351,6 +370,28 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
                 self.core.propose_many([sweep_entry(now_ms)])
             except (NotLeader, RequestRejected):
                 pass  # the next leader sweeps
+
+    def _seed_registry(self) -> None:
+        if self._registry.registry.seeded or not self._config_services:
+            return
+        now_ms = int(time.time() * 1000)
+        if self._seeding.due(0, now_ms):
+            try:
+                self.core.propose_many([encode_batch(now_ms, [("", 0, 0, self._seed)])])
+            except (NotLeader, RequestRejected):
+                pass  # the next leader seeds
+
+    def _registry_changed(self) -> None:
+        """On this thread, as an entry changed it: the status section, replaced whole."""
+        self._registry_section = self._registry_document()
+
+    def _registry_document(self) -> dict[str, Any]:
+        registry = self._registry.registry
+        return {
+            "seeded": registry.seeded,
+            "version": registry.version,
+            "services": registry.document(),
+        }
 
     def _lock_view(self, name: str, owner: str) -> tuple[LockView, int]:
         """For the service's lock waits: the waiter's place now, by the later of this node's

@@ -95,6 +95,19 @@ class Client:
         body = {"key": check_key(key), "expected": expected, "new": new}
         return bool(self._write("kv.cas", _fenced(body, fence)))
 
+    # ----- the service registry (CONTRACT 7) -----------------------------------------------------
+
+    def change_backend(
+        self, op: str, service: str, backend: str, address: str = "", weight: int = 0
+    ) -> list[dict[str, Any]]:
+        """Change the replicated service registry (`caddy-ctl backend`): `op` add (with
+        `address` tcp://HOST:PORT and `weight`), remove, weight (with `weight`), drain or
+        undrain `backend` of `service`. Returns the service's backends afterwards
+        ([{id, address, weight, draining}]); RequestFailed with the reason when refused (an
+        unknown service or backend, a backend added twice, a bad address or weight)."""
+        body = {"op": op, "service": service, "backend": backend, "address": address}
+        return self._write("kv.backend", {**body, "weight": weight})
+
     # ----- locks (CONTRACT 5) --------------------------------------------------------------------
 
     def lock(self, name: str, ttl: float = 10.0, wait: float = 0.0) -> Lock:

@@ -49,6 +49,7 @@ from caddy.errors import CaddyError, LockLost, Unavailable, ValueTooLarge
 from caddy.raft.membership import MAX_ADDRESS_LENGTH
 from caddy.raft.types import Membership
 from caddy.reconfig_plan import TRANSFER, Step, Target
+from caddy.replication.registry import MAX_WEIGHT
 from caddy.request_policy import check_size
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -113,6 +114,19 @@ def peer_address(text: str) -> str:
     if len(text) > MAX_ADDRESS_LENGTH:
         raise argparse.ArgumentTypeError(f"at most {MAX_ADDRESS_LENGTH} characters")
     return text
+
+
+def backend_weight(text: str) -> int:
+    """W of `backend add --weight` and `backend weight`: an integer 1 to 1,000,000."""
+    try:
+        weight = int(text)
+    except ValueError:
+        weight = 0
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer 1 to {MAX_WEIGHT}, got {_shown(text)}"
+        )
+    return weight
 
 
 def non_empty_text(text: str) -> str:
@@ -243,6 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the longest wait for a node to be safe to restart, or back (default 120)",
     )
+    backend = commands.add_parser("backend", help="change a service's backends (the registry)")
+    changes = backend.add_subparsers(dest="backend_op", required=True, metavar="CHANGE")
+    add = changes.add_parser("add", help="add backend ID at ADDRESS to SERVICE")
+    add.add_argument("service", type=name_text, metavar="SERVICE")
+    add.add_argument("backend", type=name_text, metavar="ID")
+    add.add_argument("address", type=peer_address, metavar="ADDRESS")
+    add.add_argument("--weight", type=backend_weight, default=1, metavar="W")
+    for name, text in (
+        ("remove", "remove backend ID from SERVICE"),
+        ("drain", "SERVICE sends no new work to ID; what it has finishes"),
+        ("undrain", "SERVICE sends work to ID again"),
+    ):
+        change = changes.add_parser(name, help=text)
+        change.add_argument("service", type=name_text, metavar="SERVICE")
+        change.add_argument("backend", type=name_text, metavar="ID")
+    weight = changes.add_parser("weight", help="set the weight of backend ID of SERVICE")
+    weight.add_argument("service", type=name_text, metavar="SERVICE")
+    weight.add_argument("backend", type=name_text, metavar="ID")
+    weight.add_argument("weight", type=backend_weight, metavar="W")
     reload = commands.add_parser(
         "reload", help="NODE re-reads its topology file and takes the live settings (SIGHUP)"
     )
@@ -750,6 +783,23 @@ def _reload(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _backend(client: Client, args: argparse.Namespace) -> int:
+    address = getattr(args, "address", "")
+    weight = getattr(args, "weight", 0) if args.backend_op in ("add", "weight") else 0
+    backends = client.change_backend(args.backend_op, args.service, args.backend, address, weight)
+    rows = [
+        [b["id"], b["address"], str(b["weight"]), "yes" if b["draining"] else "no"]
+        for b in backends
+    ]
+    _say(
+        args,
+        {"service": args.service, "backends": backends},
+        f"{args.backend_op} {args.service}/{args.backend}: done\n"
+        + _table(["backend", "address", "weight", "draining"], rows),
+    )
+    return EXIT_OK
+
+
 def _step_document(step: Step) -> dict[str, Any]:
     return {"action": step.action, "node": step.node, "address": step.address}
 
@@ -893,6 +943,7 @@ _COMMANDS = {
     "rolling-restart": _rolling_restart,
     "reconfigure": _reconfigure,
     "reload": _reload,
+    "backend": _backend,
 }
 
 

@@ -7,7 +7,7 @@ request timeout.
 Everything else is reported as needing a restart: sockets, sizes, the gossip timings, the tick,
 the data dir, a node's addresses. The membership is not a setting: a running cluster's lives in
 its log and changes with `caddy-ctl reconfigure`, so node entries that differ are reported as
-such and nothing else.
+such and nothing else; so are a service's backends, which the replicated registry holds.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ LIVE_KEYS: dict[str, frozenset[str] | None] = {  # None: every key of the sectio
 }
 LIVE_TOP_KEYS = frozenset({"log_level"})
 MEMBERSHIP_NOTE = "membership: changes with caddy-ctl reconfigure, not with a reload"
+BACKENDS_NOTE = "{}: the registry in the log holds them: change them with caddy-ctl backend"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,8 @@ def plan_reload(current: ClusterConfig, new: ClusterConfig) -> ReloadPlan:
         if difference.path.startswith("nodes"):
             if MEMBERSHIP_NOTE not in notes:
                 notes.append(MEMBERSHIP_NOTE)
+        elif difference.path.startswith("services.") and difference.path.endswith(".backends"):
+            notes.append(BACKENDS_NOTE.format(difference.path))
         elif _is_live(difference.path):
             applied.append(difference)
         else:

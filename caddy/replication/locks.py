@@ -35,8 +35,9 @@ from caddy.replication.state_machine import (
     SnapshotError,
     StateMachine,
     error_result,
-    inner_snapshot_view,
+    layer_snapshot_view,
     ok_result,
+    split_layer_snapshot,
 )
 
 ACQUIRE, RENEW, RELEASE, FENCE, SWEEP = (
@@ -387,27 +388,21 @@ class LockingStateMachine(StateMachine):
     def snapshot_view(self) -> Callable[[], bytes]:
         """The lock table is copied now (it is small); the inner machine's view is used if it
         has one."""
-        locks = self.locks.to_state()
-        inner = inner_snapshot_view(self.inner)
-        return lambda: pack([SNAPSHOT_TAG, SNAPSHOT_VERSION, locks, inner()])
+        return layer_snapshot_view(
+            SNAPSHOT_TAG, SNAPSHOT_VERSION, self.locks.to_state(), self.inner
+        )
 
     def restore(self, data: bytes) -> None:
         """A snapshot of this layer, or of the inner machine alone (written before locks
         existed: no locks then)."""
-        try:
-            fields = unpack(data, SnapshotError)
-        except SnapshotError:
-            fields = None
-        if type(fields) is list and len(fields) == 4 and fields[0] == SNAPSHOT_TAG:
-            _, version, locks, inner = fields
-            if version != SNAPSHOT_VERSION or type(inner) is not bytes:
-                raise SnapshotError("lock snapshot: unknown version")
-            table = LockTable.from_state(locks)
-            self.inner.restore(inner)
-            self.locks = table
+        layer = split_layer_snapshot(data, SNAPSHOT_TAG, SNAPSHOT_VERSION)
+        if layer is None:
+            self.inner.restore(data)
+            self.locks = LockTable()
             return
-        self.inner.restore(data)
-        self.locks = LockTable()
+        table = LockTable.from_state(layer[0])
+        self.inner.restore(layer[1])
+        self.locks = table
 
 
 def with_locks(machine: StateMachine) -> tuple[SessionStateMachine, LockingStateMachine]:

@@ -13,6 +13,7 @@ from caddy.bounds import MAX_INT64, describe
 from caddy.errors import CaddyError, WireError
 from caddy.replication.commands import CommandError, check_command, encode_batch, encode_kv
 from caddy.replication.locks import ACQUIRE, FENCE, RELEASE, RENEW, encode_lock
+from caddy.replication.registry import encode_registry
 from caddy.replication.replies import ERROR_KIND, OK_KIND, ok_body, refusal_body
 from caddy.sizes import batched_write_bytes
 from caddy.wire import require_fields
@@ -32,8 +33,13 @@ _LOCK_FIELDS = {
     "kv.renew": {"name": str, "owner": str, "token": int},
     "kv.unlock": {"name": str, "owner": str},
 }
+REGISTRY_KIND = "kv.backend"  # a change of the service registry (caddy.replication.registry)
+_REGISTRY_FIELDS = {
+    REGISTRY_KIND: {"op": str, "service": str, "backend": str, "address": str, "weight": int}
+}
 _WRITE_FIELDS: dict[str, dict[str, Any]] = {
-    kind: {**fields, **_SESSION_FIELDS} for kind, fields in {**_KV_FIELDS, **_LOCK_FIELDS}.items()
+    kind: {**fields, **_SESSION_FIELDS}
+    for kind, fields in {**_KV_FIELDS, **_LOCK_FIELDS, **_REGISTRY_FIELDS}.items()
 }
 FENCE_FIELD = "fence"  # optional on kv.put, kv.delete and kv.cas: [lock name, token]
 
@@ -47,8 +53,8 @@ class ClientRequest(NamedTuple):
 
     A NamedTuple for the reason `caddy.replication.commands.Command` is one."""
 
-    op: str  # get | put | delete | cas | lock | renew | unlock | lock_wait
-    key: str  # the lock's name for lock requests
+    op: str  # get | put | delete | cas | lock | renew | unlock | lock_wait | backend
+    key: str  # the lock's name for lock requests; SERVICE/BACKEND for registry changes
     payload: bytes = b""  # the encoded state machine operation (writes only)
     client_id: str = ""
     seq: int = 0
@@ -97,6 +103,11 @@ def parse_request(kind: str, body: dict[str, Any]) -> ClientRequest:
         # Encoded here, once: a value that cannot be encoded is refused now, not in the log.
         if kind in _LOCK_FIELDS:
             key, payload = body["name"], _lock_payload(op, body)
+        elif kind == REGISTRY_KIND:
+            key = f"{body['service']}/{body['backend']}"
+            payload = encode_registry(
+                body["op"], body["service"], body["backend"], body["address"], body["weight"]
+            )
         else:
             key, payload = body["key"], _kv_payload(op, body)
         # The session fields are checked as the leader will stamp them (any clock reading).

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from caddy.errors import CaddyError
+from caddy.replication.packing import pack, unpack
 
 
 @runtime_checkable
@@ -90,3 +91,31 @@ def _snapshot_view_of(machine: StateMachine) -> Callable[[], Callable[[], bytes]
         if "snapshot" in vars(cls):
             return None
     return None
+
+
+# ----- layers: a machine wrapping another, its snapshot holding both -------------------------
+
+
+def layer_snapshot_view(
+    tag: str, version: int, state: Any, inner: StateMachine
+) -> Callable[[], bytes]:
+    """The snapshot bytes of a layer whose own `state` (taken now, msgpack-able) wraps the
+    inner machine's (`inner_snapshot_view`): `[tag, version, state, inner bytes]`."""
+    inner_view = inner_snapshot_view(inner)
+    return lambda: pack([tag, version, state, inner_view()])
+
+
+def split_layer_snapshot(data: bytes, tag: str, version: int) -> tuple[Any, bytes] | None:
+    """(the layer's state, the inner machine's bytes) of a `layer_snapshot_view` snapshot, or
+    None when `data` is the inner machine's alone (written before the layer existed);
+    SnapshotError for a snapshot of the layer in another version."""
+    try:
+        fields = unpack(data, SnapshotError)
+    except SnapshotError:
+        return None
+    if type(fields) is not list or len(fields) != 4 or fields[0] != tag:
+        return None
+    _, found, state, inner = fields
+    if found != version or type(inner) is not bytes:
+        raise SnapshotError(f"{tag} snapshot: unknown version")
+    return state, inner

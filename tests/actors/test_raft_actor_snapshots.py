@@ -15,7 +15,7 @@ from caddy.raft.messages import AppendEntries, InstallSnapshot, VoteResponse
 from caddy.raft.ready import Snapshot
 from caddy.raft.types import Entry, EntryKind, SnapshotMeta
 from caddy.replication.kv import KeyValueStore
-from caddy.replication.locks import with_locks
+from caddy.replication.node_stack import node_stack
 from caddy.storage import SqliteLogStorage
 from tests.actors.test_raft_actor_entries import RecordingTransport, acknowledge, put
 
@@ -132,9 +132,9 @@ def test_the_logs_are_compacted_only_once_the_snapshot_is_written(leader):
     assert actor.core.log.snapshot.index == snapshot_index
     assert stored_through(actor, snapshot_index) == 0
     assert gate.events == [("start", snapshot_index), ("end", snapshot_index)]
-    restored, locking = with_locks(KeyValueStore())
-    restored.restore(written.data)  # the bytes are the state at that index
-    assert locking.inner.read("k1") == 1 and locking.inner.read("k100") is None
+    restored = node_stack(KeyValueStore())
+    restored.sessions.restore(written.data)  # the bytes are the state at that index
+    assert restored.locking.inner.read("k1") == 1 and restored.locking.inner.read("k100") is None
 
 
 def test_while_a_snapshot_is_written_no_other_starts_and_the_next_follows_it(leader):
@@ -157,7 +157,7 @@ def test_a_snapshot_from_the_leader_waits_for_the_one_being_written(leader):
     write_entries(actor, SNAPSHOT_EVERY, first_seq=1)
     own = held_snapshot_index(gate)
     received = SnapshotMeta(own + 10, actor.core.term)
-    data = with_locks(KeyValueStore())[0].snapshot()
+    data = node_stack(KeyValueStore()).sessions.snapshot()
     ready = actor.core.ready()
     ready.snapshot = Snapshot(received, data)
     writing = actor._writer.writing
@@ -196,7 +196,7 @@ def test_snapshots_go_on_after_a_leaders_snapshot_overtook_ours(leader):
     own = held_snapshot_index(gate)
     term = core.term + 1
     received = SnapshotMeta(core.commit_index + 10, term, core.log.snapshot.membership)
-    data = with_locks(KeyValueStore())[0].snapshot()
+    data = node_stack(KeyValueStore()).sessions.snapshot()
     gate.release(own)
     core.step(InstallSnapshot(term, "n2", received, 0, data, True))  # n2 leads a newer term
     actor._process_ready()  # waits for our write, then installs the leader's

@@ -40,8 +40,7 @@ RESERVED_FOR: dict[str, set[str]] = {
 # (test_the_gossip_profile_is_consumed_while_loading).
 SPECIAL = {"gossip.profile"}
 # Fields that nothing reads yet although something should; an entry must go once one does.
-# `services`: the balancer subsystem's registry starts from it (CONTRACT 7).
-KNOWN_UNREAD: set[str] = {"services"}
+KNOWN_UNREAD: set[str] = set()
 
 SERIALISERS = {"to_dict", "to_json"}
 CONFIG_NAMES = {"config", "_config"}  # names and attributes that hold a ClusterConfig

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from caddy.config import ConfigError, FailoverSettings, HealthCheck, parse_topology
-from caddy.reload import MEMBERSHIP_NOTE, plan_reload
+from caddy.reload import BACKENDS_NOTE, MEMBERSHIP_NOTE, plan_reload
 
 BASE = {
     "cluster": "demo",
@@ -102,3 +102,10 @@ def test_the_log_level_changes_live_and_is_checked():
     assert plan.config.log_level == "DEBUG"
     with pytest.raises(ConfigError, match="topology.yaml: log_level: must be one of"):
         config(log_level="LOUD")
+
+
+def test_a_services_backends_are_the_registrys_not_a_setting():
+    api = {"backends": [{"id": "b1", "address": "tcp://127.0.0.1:9001"}]}
+    plan = plan_reload(config(services={"api": api}), config(services={"api": {"backends": []}}))
+    assert plan.notes == (BACKENDS_NOTE.format("services.api.backends"),)
+    assert plan.applied == () and plan.restart_needed == ()
