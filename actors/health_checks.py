@@ -72,15 +72,16 @@ def _runner(kind: str, target: str, node_id: str) -> Callable[[float], str | Non
     if kind == "command":
         return lambda timeout_s: _run_command(target, node_id, timeout_s)
     if kind == "tcp":
-        return lambda timeout_s: _connect(target, timeout_s)
-    return lambda timeout_s: _http_get(target, timeout_s)
+        return lambda timeout_s: tcp_check(target, timeout_s)
+    return lambda timeout_s: http_check(target, timeout_s)
 
 
 def _run_command(command: str, node_id: str, timeout_s: float) -> str | None:
     return run_shell(command, {"CADDY_NODE": node_id}, timeout_s)
 
 
-def _connect(target: str, timeout_s: float) -> str | None:
+def tcp_check(target: str, timeout_s: float) -> str | None:
+    """Why a TCP connect to HOST:PORT failed within `timeout_s`, or None when it succeeded."""
     host, port = target.rsplit(":", 1)
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
@@ -89,7 +90,8 @@ def _connect(target: str, timeout_s: float) -> str | None:
         return f"connect failed: {error.strerror or error}"
 
 
-def _http_get(url: str, timeout_s: float) -> str | None:
+def http_check(url: str, timeout_s: float) -> str | None:
+    """Why a GET of `url` got no 2xx answer within `timeout_s`, or None when it did."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as answer:
             status = answer.status

@@ -33,6 +33,7 @@ from caddy.events import (
     MembershipChanged,
     QuorumLost,
     QuorumRegained,
+    RegistryChanged,
     SnapshotInstalled,
     SnapshotTaken,
 )
@@ -382,8 +383,15 @@ class RaftActor(pykka.ThreadingActor, ReadyHandler):
                 pass  # the next leader seeds
 
     def _registry_changed(self) -> None:
-        """On this thread, as an entry changed it: the status section, replaced whole."""
+        """On this thread, as an entry changed it: the status section, replaced whole, and the
+        event the balancer follows."""
         self._registry_section = self._registry_document()
+        registry = self._registry.registry
+        services = tuple(
+            (name, tuple((b, e.address, e.weight, e.draining) for b, e in sorted(backends.items())))
+            for name, backends in sorted(registry.services.items())
+        )
+        self._publish(RegistryChanged, version=registry.version, services=services)
 
     def _registry_document(self) -> dict[str, Any]:
         registry = self._registry.registry

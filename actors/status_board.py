@@ -64,6 +64,11 @@ class StatusBoard:
             raise ValueError(f"status section {name!r} is already contributed")
         self._sections = {**self._sections, name: (section, top_level)}
 
+    def section(self, name: str) -> dict[str, Any] | None:
+        """One contributed section as it is now (None when nobody contributes it)."""
+        found = self._sections.get(name)
+        return dict(found[0]()) if found is not None else None
+
     def document(self) -> dict[str, Any]:
         """Every contributed section, in the order they were contributed; a section that
         raises shows as `{"error": ...}` under its name instead of failing the whole document."""

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pykka
 
+from actors.balancer_actor import EVENTS_TOLD as BALANCER_EVENTS
+from actors.balancer_actor import TICK_MS as BALANCER_TICK_MS
+from actors.balancer_actor import BalancerActor
 from actors.client_endpoint import ClientEndpointActor
 from actors.event_publisher import EventPublisherActor
 from actors.events import EventBus
@@ -131,6 +135,20 @@ def _publishes_events(config: ClusterConfig) -> bool:
     return any(node.events_address for node in config.nodes)
 
 
+def _start_balancer(context: NodeContext) -> pykka.ActorRef:
+    return BalancerActor.start(
+        context.config,
+        context.node_id,
+        context.transport,
+        context.board,
+        registry=partial(context.board.section, "registry"),
+    )
+
+
+def _has_services(config: ClusterConfig) -> bool:
+    return bool(config.services)
+
+
 def _start_client_endpoint(context: NodeContext) -> pykka.ActorRef:
     return ClientEndpointActor.start(
         context.transport,
@@ -168,6 +186,15 @@ FAILOVER = SubsystemSpec(
 EVENT_PUBLISHER = SubsystemSpec(
     "event_publisher", _start_event_publisher, enabled=_publishes_events
 )
+BALANCER = SubsystemSpec(
+    "balancer",
+    _start_balancer,
+    client_prefixes=("balance",),
+    ticks=True,
+    tick_every_ms=BALANCER_TICK_MS,
+    events=BALANCER_EVENTS,
+    enabled=_has_services,
+)
 CLIENT_ENDPOINT = SubsystemSpec("client", _start_client_endpoint, client_prefixes=("client",))
 
 DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (
@@ -175,6 +202,7 @@ DEFAULT_SUBSYSTEMS: tuple[SubsystemSpec, ...] = (
     GOSSIP,
     FENCING,
     FAILOVER,
+    BALANCER,
     EVENT_PUBLISHER,
     CLIENT_ENDPOINT,
 )

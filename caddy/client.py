@@ -108,6 +108,19 @@ class Client:
         body = {"op": op, "service": service, "backend": backend, "address": address}
         return self._write("kv.backend", {**body, "weight": weight})
 
+    def pick(self, service: str, key: str | None = None) -> dict[str, str]:
+        """The backend a node's balancer picks for `service` now (CONTRACT 7): {id, address};
+        `key` (a client address, say) for `ip_hash`. RequestFailed when there is no such
+        service or no backend to pick."""
+        body: dict[str, Any] = {"service": service}
+        if key is not None:
+            body["key"] = key
+        return self._call("balance.pick", body)
+
+    def report(self, service: str, backend: str, ok: bool) -> None:
+        """Tell the balancer how a use of `backend` went: failures in a row eject it a while."""
+        self._call("balance.report", {"service": service, "backend": backend, "ok": ok})
+
     # ----- locks (CONTRACT 5) --------------------------------------------------------------------
 
     def lock(self, name: str, ttl: float = 10.0, wait: float = 0.0) -> Lock:

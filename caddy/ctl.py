@@ -257,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the longest wait for a node to be safe to restart, or back (default 120)",
     )
+    backends = commands.add_parser(
+        "backends", help="per node and backend: state, weight, active, total, failures"
+    )
+    backends.add_argument("service", nargs="?", type=name_text, metavar="SERVICE")
+    pick = commands.add_parser("pick", help="the backend a node's balancer picks for SERVICE now")
+    pick.add_argument("service", type=name_text, metavar="SERVICE")
+    pick.add_argument("--key", type=non_empty_text, metavar="KEY", help="the ip_hash key")
     backend = commands.add_parser("backend", help="change a service's backends (the registry)")
     changes = backend.add_subparsers(dest="backend_op", required=True, metavar="CHANGE")
     add = changes.add_parser("add", help="add backend ID at ADDRESS to SERVICE")
@@ -800,6 +807,35 @@ def _backend(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _backends(client: Client, args: argparse.Namespace) -> int:
+    """Every node's view: its balancer's state and statistics of each backend."""
+    statuses = client.statuses()
+    rows, document = [], []
+    for node, status in sorted(statuses.items()):
+        for service, view in sorted(((status or {}).get("balancer") or {}).items()):
+            if args.service not in (None, service):
+                continue
+            for backend in view["backends"]:
+                document.append({"node": node, "service": service, **backend})
+                rows.append(
+                    [node, service, backend["id"], backend["address"], str(backend["weight"])]
+                    + [backend["state"]]
+                    + [str(backend[field]) for field in ("active", "total", "failures")]
+                )
+    if args.json:
+        print(json.dumps({"backends": document}))
+        return EXIT_OK
+    header = ["node", "service", "id", "address", "weight", "state", "active", "total", "failures"]
+    print(_table(header, rows) if rows else "no backends (no services, or no node answered)")
+    return EXIT_OK
+
+
+def _pick(client: Client, args: argparse.Namespace) -> int:
+    chosen = client.pick(args.service, args.key)
+    _say(args, chosen, f"{chosen['id']} {chosen['address']}")
+    return EXIT_OK
+
+
 def _step_document(step: Step) -> dict[str, Any]:
     return {"action": step.action, "node": step.node, "address": step.address}
 
@@ -944,6 +980,8 @@ _COMMANDS = {
     "reconfigure": _reconfigure,
     "reload": _reload,
     "backend": _backend,
+    "backends": _backends,
+    "pick": _pick,
 }
 
 

@@ -151,6 +151,17 @@ class SnapshotInstalled(NodeEvent):
     term: int
 
 
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryChanged(NodeEvent):
+    """The replicated service registry changed (`caddy.replication.registry`): each service
+    with its backends as (id, address, weight, draining), in id order."""
+
+    kind: ClassVar[str] = "registry.changed"
+    version: int
+    services: tuple[tuple[str, tuple[tuple[str, str, int, bool], ...]], ...]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuorumEvent(NodeEvent):
     """A change of this node's quorum view (`caddy.quorum`): the members of the Raft

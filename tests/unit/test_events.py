@@ -30,6 +30,7 @@ from caddy.events import (
     PartitionHealed,
     QuorumLost,
     QuorumRegained,
+    RegistryChanged,
     SnapshotInstalled,
     SnapshotTaken,
     VoterRemoved,
@@ -63,6 +64,7 @@ def test_the_registry_holds_every_event_class_by_its_kind():
         "voter.removed": VoterRemoved,
         "drain.started": DrainStarted,
         "drain.finished": DrainFinished,
+        "registry.changed": RegistryChanged,
     }
 
 
@@ -144,6 +146,7 @@ def test_every_registered_event_serializes():
         VoterRemoved: {"member": "n3", "reason": "failed 10.0 s ago"},
         DrainStarted: {"reason": "SIGTERM"},
         DrainFinished: {"in_flight": 0},
+        RegistryChanged: {"version": 2, "services": (("api", (("b1", "tcp://h:1", 2, False),)),)},
     }
     assert set(samples) == set(EVENT_KINDS.values())
     for cls, extra in samples.items():
