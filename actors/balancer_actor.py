@@ -5,7 +5,8 @@ of `caddy.failover.HealthHistory`) and the outcomes callers report; answers pick
 
 Client requests (on the client port): `balance.pick` {service, key?} -> {id, address};
 `balance.report` {service, backend, ok} (a caller's outcome, for outlier ejection). The
-`balancer` status section holds every backend's state and statistics.
+`balancer` status section holds every backend's state and statistics. A service that
+`listen`s on this node is proxied here (`actors.tcp_proxy`), on the same balancers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pykka
 
 from actors.health_checks import http_check, tcp_check
 from actors.status_board import StatusBoard
+from actors.tcp_proxy import Locked, TcpProxy
 from actors.ticker import Tick
 from actors.transport import Inbound, Transport
 from caddy.balance import Backend, Balancer, BalanceSettings
@@ -67,7 +69,7 @@ class BalancerActor(pykka.ThreadingActor):
         self._transport = transport
         self._services = {service.name: service for service in config.services}
         self._balancers = {
-            service.name: Balancer(service.strategy, _settings(service), random.Random())
+            service.name: Locked(Balancer(service.strategy, _settings(service), random.Random()))
             for service in config.services
         }
         self._histories: dict[tuple[str, str], HealthHistory] = {}
@@ -77,16 +79,26 @@ class BalancerActor(pykka.ThreadingActor):
         self._version = -1
         now = time.monotonic()
         for service in config.services:  # until the registry is seeded: the topology's
-            self._balancers[service.name].update(
-                (Backend(b.id, b.address, b.weight) for b in service.backends), now
-            )
+            with self._balancers[service.name] as balancer:
+                balancer.update((Backend(b.id, b.address, b.weight) for b in service.backends), now)
         current = registry()
         if current and current.get("seeded"):
             self._adopt_document(current)
+        listen = {
+            service.name: address
+            for service in config.services
+            for node, address in service.listen
+            if node == node_id
+        }
+        self._proxy = TcpProxy(node_id, listen, self._balancers) if listen else None
+        if self._proxy is not None:
+            self._proxy.start()
         self._section = self._status()
         board.contribute("balancer", lambda: self._section)
 
     def on_stop(self) -> None:
+        if self._proxy is not None:
+            self._proxy.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ----- mailbox ------------------------------------------------------------------------------
@@ -126,13 +138,12 @@ class BalancerActor(pykka.ThreadingActor):
     ) -> None:
         now = time.monotonic()
         registered = {name: tuple(backends) for name, backends in services}
-        for name, balancer in self._balancers.items():
+        for name, locked in self._balancers.items():
             backends = registered.get(name, ())
-            balancer.update(
-                (Backend(b, address, weight) for b, address, weight, _ in backends), now
-            )
-            for backend, _, _, draining in backends:
-                balancer.set_draining(backend, draining, now)
+            with locked as balancer:
+                balancer.update((Backend(b, at, weight) for b, at, weight, _ in backends), now)
+                for backend, _, _, draining in backends:
+                    balancer.set_draining(backend, draining, now)
         self._version = version
 
     # ----- active checks --------------------------------------------------------------------------
@@ -144,7 +155,8 @@ class BalancerActor(pykka.ThreadingActor):
                 continue
             interval_s = service.health.interval_ms / 1000
             self._next_round[name] = now + interval_s
-            targets = [(row["id"], row["address"]) for row in self._balancers[name].stats(now)]
+            with self._balancers[name] as balancer:
+                targets = [(row["id"], row["address"]) for row in balancer.stats(now)]
             if not targets:
                 continue
             self._checking[name] = len(targets)
@@ -162,9 +174,9 @@ class BalancerActor(pykka.ThreadingActor):
         self.actor_ref.tell(CheckResult(service, backend, passed, reason))
 
     def _judge(self, result: CheckResult) -> None:
-        balancer = self._balancers.get(result.service)
+        locked = self._balancers.get(result.service)
         service = self._services.get(result.service)
-        if balancer is None or service is None:
+        if locked is None or service is None:
             return
         now = time.monotonic()
         key = (result.service, result.backend)
@@ -181,15 +193,16 @@ class BalancerActor(pykka.ThreadingActor):
                     result.backend,
                     result.reason,
                 )
-            balancer.set_healthy(result.backend, healthy, now)
+            with locked as balancer:
+                balancer.set_healthy(result.backend, healthy, now)
 
     # ----- requests -------------------------------------------------------------------------------
 
     def _answer(self, kind: str, body: Any) -> tuple[str, dict[str, Any]]:
         if not isinstance(body, dict) or not isinstance(body.get("service"), str):
             return ERROR_KIND, refusal_body("bad request: which service?", REFUSED)
-        balancer = self._balancers.get(body["service"])
-        if balancer is None:
+        locked = self._balancers.get(body["service"])
+        if locked is None:
             known = ", ".join(sorted(self._balancers)) or "none"
             return ERROR_KIND, refusal_body(
                 f"no service {body['service']!r} (services: {known})", REFUSED
@@ -199,13 +212,15 @@ class BalancerActor(pykka.ThreadingActor):
             key = body.get("key")
             if key is not None and not isinstance(key, str):
                 return ERROR_KIND, refusal_body("bad request: a key is a string", REFUSED)
-            chosen = balancer.pick(now, key)
+            with locked as balancer:
+                chosen = balancer.pick(now, key)
             if chosen is None:
                 return ERROR_KIND, refusal_body(f"{body['service']}: no backend to pick", REFUSED)
             self._section = self._status()
             return OK_KIND, ok_body({"id": chosen.id, "address": chosen.address})
         if kind == "balance.report" and isinstance(body.get("backend"), str):
-            balancer.report(body["backend"], body.get("ok") is True, now)
+            with locked as balancer:
+                balancer.report(body["backend"], body.get("ok") is True, now)
             self._section = self._status()
             return OK_KIND, ok_body(None)
         return ERROR_KIND, refusal_body(f"bad request: {kind}", REFUSED)
@@ -214,14 +229,15 @@ class BalancerActor(pykka.ThreadingActor):
 
     def _status(self) -> dict[str, Any]:
         now = time.monotonic()
-        return {
-            name: {
-                "strategy": balancer.strategy_name,
-                "panicking": balancer.panicking(now),
-                "backends": balancer.stats(now),
-            }
-            for name, balancer in self._balancers.items()
-        }
+        section = {}
+        for name, locked in self._balancers.items():
+            with locked as balancer:
+                section[name] = {
+                    "strategy": balancer.strategy_name,
+                    "panicking": balancer.panicking(now),
+                    "backends": balancer.stats(now),
+                }
+        return section
 
 
 def _settings(service: ServiceConfig) -> BalanceSettings:

@@ -152,10 +152,13 @@ class Balancer:
 
     # ----- the pick -------------------------------------------------------------------------------
 
-    def pick(self, now: float, key: str | None = None) -> Pick | None:
+    def pick(
+        self, now: float, key: str | None = None, exclude: frozenset[str] = frozenset()
+    ) -> Pick | None:
         """The backend for the next request or connection (`key`: for `ip_hash`, the client's
-        address); None when every backend drains (or there is none)."""
-        candidates = self.candidates(now)
+        address; `exclude`: backends that just failed this request, for its retry); None when
+        every backend drains, or is excluded (or there is none)."""
+        candidates = [c for c in self.candidates(now) if c.id not in exclude]
         if not candidates:
             return None
         chosen = self._states[self._strategy.choose(candidates, key, self._rng)]

@@ -220,3 +220,12 @@ def test_the_histogram_is_bounded_and_its_quantiles_are_within_a_bucket():
 def test_an_unknown_strategy_names_the_known_ones():
     with pytest.raises(ValueError, match="round_robin, least_connections, weighted"):
         Balancer("fastest", NO_SLOW_START, random.Random())
+
+
+def test_a_retry_excludes_the_backend_that_just_failed():
+    b = balancer("ip_hash", (1,) * 4)
+    first = b.pick(1.0, "10.0.0.9").id
+    second = b.pick(1.0, "10.0.0.9", exclude=frozenset({first})).id
+    assert second != first
+    assert b.pick(1.0, "10.0.0.9", exclude=frozenset({first})).id == second  # consistent
+    assert b.pick(1.0, exclude=frozenset({"b0", "b1", "b2", "b3"})) is None
