@@ -5,6 +5,7 @@ client connection (its refusal is retried once on another backend)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import socketserver
 import threading
@@ -12,7 +13,7 @@ from collections import Counter
 
 from actors.local_cluster import free_ports
 from caddy.client import Client
-from tests.harness import started_cluster, wait_until
+from tests.harness import run_ctl, started_cluster, wait_until
 
 
 class EchoBackend:
@@ -28,8 +29,11 @@ class EchoBackend:
                     received += chunk
                 self.request.sendall(prefix + received)
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", port), Handler)
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            request_queue_size = 128  # the default 5 refuses bursts from three proxies
+
+        self.server = Server(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.address = f"tcp://127.0.0.1:{port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -83,6 +87,7 @@ def test_every_node_proxies_in_the_weights_shares_and_survives_a_dead_backend(tm
             for address in [*weighted_listen.values(), *sticky_listen.values()]:
                 wait_until(lambda a=address: _answers(a), 20, f"the proxy on {address}")
 
+            before = shown_totals(cluster.topology)  # the warm-up connections above
             counts = Counter()
             for address in weighted_listen.values():  # 250 connections through each node
                 for _ in range(250):
@@ -92,6 +97,9 @@ def test_every_node_proxies_in_the_weights_shares_and_survives_a_dead_backend(tm
             assert sum(counts.values()) == 750
             for backend, weight in (("b1", 2), ("b2", 1), ("b3", 1), ("b4", 1)):
                 assert abs(counts[backend] / 750 - weight / 5) <= 0.02, counts
+
+            # what caddy-ctl shows is what the clients saw
+            assert shown_totals(cluster.topology) - before == counts
 
             sticky = {exchange(address).split(b":")[0] for address in sticky_listen.values()}
             assert len(sticky) == 1  # one client address, one backend, whichever node
@@ -112,6 +120,17 @@ def test_every_node_proxies_in_the_weights_shares_and_survives_a_dead_backend(tm
     finally:
         for echo in echoes[1:]:
             echo.close()
+
+
+def shown_totals(topology) -> Counter:
+    """Connections per backend, summed over the nodes, as `caddy-ctl backends --json` shows
+    them; none may still be open."""
+    shown = run_ctl(topology, "--json", "backends", "api", timeout=30)
+    totals: Counter = Counter()
+    for row in json.loads(shown.stdout)["backends"]:
+        totals[row["id"]] += row["total"]
+        assert row["active"] == 0, row
+    return totals
 
 
 def _answers(address: str) -> bool:
