@@ -106,6 +106,7 @@ class BalancerActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Tick):
             self._start_due_rounds()
+            self._end_drains()
         elif isinstance(message, CheckResult):
             left = self._checking.get(message.service, 1) - 1
             if left <= 0:
@@ -195,6 +196,20 @@ class BalancerActor(pykka.ThreadingActor):
                 )
             with locked as balancer:
                 balancer.set_healthy(result.backend, healthy, now)
+
+    def _end_drains(self) -> None:
+        """The proxy's open connections to a backend drained longer than its service's drain
+        timeout are closed."""
+        if self._proxy is None:
+            return
+        now = time.monotonic()
+        for name, locked in self._balancers.items():
+            timeout_s = self._services[name].drain_timeout_ms / 1000
+            with locked as balancer:
+                rows = balancer.stats(now)
+            for row in rows:
+                if row["state"] == "draining" and row["active"] and now - row["since"] >= timeout_s:
+                    self._proxy.cut(name, row["id"])
 
     # ----- requests -------------------------------------------------------------------------------
 

@@ -54,6 +54,8 @@ class TcpProxy:
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=f"caddy-proxy-{node_id}", daemon=True
         )
+        # Open connections by (service, backend): their two writers. Loop thread only.
+        self._open: dict[tuple[str, str], set[tuple[asyncio.StreamWriter, ...]]] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -87,11 +89,15 @@ class TcpProxy:
             if backend is None:
                 return
             backend_id, started, backend_reader, backend_writer = backend
+            writers = (client_writer, backend_writer)
+            open_here = self._open.setdefault((service, backend_id), set())
+            open_here.add(writers)
             try:
                 sent, received = await asyncio.gather(
                     _copy(client_reader, backend_writer), _copy(backend_reader, client_writer)
                 )
             finally:
+                open_here.discard(writers)
                 backend_writer.close()
             now = time.monotonic()
             with locked as balancer:
@@ -105,6 +111,25 @@ class TcpProxy:
                 )
         finally:
             client_writer.close()
+
+    def cut(self, service: str, backend: str) -> None:
+        """Close every open connection to `backend` of `service` (a drain that timed out);
+        from any thread."""
+        self._loop.call_soon_threadsafe(self._cut, service, backend)
+
+    def _cut(self, service: str, backend: str) -> None:
+        connections = self._open.get((service, backend), set())
+        if connections:
+            log.info(
+                "node %s: closing %d connections to drained %s/%s",
+                self._node_id,
+                len(connections),
+                service,
+                backend,
+            )
+        for writers in list(connections):
+            for writer in writers:
+                writer.transport.abort()  # at once, unflushed: the drain's time is up
 
     async def _connect(
         self, locked: Locked, key: str | None

@@ -254,6 +254,7 @@ class ServiceConfig:
     backends: tuple[BackendConfig, ...] = ()
     slow_start_ms: int = _setting(10_000, minimum=0)  # a backend that joins or recovers ramps up
     panic_threshold_percent: int = _setting(50, minimum=0)  # fewer eligible: spread over all
+    drain_timeout_ms: int = _setting(30_000, minimum=0)  # a drained backend's connections: cut
 
     def to_topology(self) -> dict[str, Any]:
         return {
@@ -263,6 +264,7 @@ class ServiceConfig:
             "backends": [asdict(backend) for backend in self.backends],
             "slow_start_ms": self.slow_start_ms,
             "panic_threshold_percent": self.panic_threshold_percent,
+            "drain_timeout_ms": self.drain_timeout_ms,
         }
 
 
@@ -620,7 +622,7 @@ def _parse_services(
             continue
         _reject_unknown_keys(problems, entry, _SERVICE_KEYS, path)
         given: dict[str, Any] = {"strategy": default_strategy}
-        for key in ("strategy", "slow_start_ms", "panic_threshold_percent"):
+        for key in ("strategy", "slow_start_ms", "panic_threshold_percent", "drain_timeout_ms"):
             if key in entry and _check_setting(
                 problems, f"{path}.{key}", entry[key], _FIELDS[ServiceConfig, key]
             ):

@@ -109,17 +109,20 @@ def test_every_node_proxies_in_the_weights_shares_and_survives_a_dead_backend(tm
                 for _ in range(20):
                     answer = exchange(address)
                     assert answer.endswith(b":hello") and not answer.startswith(b"b1:"), answer
-            statuses = client.statuses().values()
-            failures = sum(
-                row["failures"]
-                for status in statuses
-                for row in status["balancer"]["api"]["backends"]
-                if row["id"] == "b1"
-            )
-            assert failures >= 1  # refused connections were counted against b1
+            # refused connections were counted against b1 (the section is posted each 100 ms)
+            wait_until(lambda: _failures(client, "b1") >= 1, 5, "b1's refusals counted")
     finally:
         for echo in echoes[1:]:
             echo.close()
+
+
+def _failures(client: Client, backend: str) -> int:
+    return sum(
+        row["failures"]
+        for status in client.statuses().values()
+        for row in status["balancer"]["api"]["backends"]
+        if row["id"] == backend
+    )
 
 
 def shown_totals(topology) -> Counter:
@@ -138,3 +141,76 @@ def _answers(address: str) -> bool:
         return exchange(address).endswith(b":hello")
     except OSError:
         return False
+
+
+def test_a_drained_backend_takes_no_new_connection_and_its_open_ones_end_at_the_timeout(
+    tmp_path, processes
+):
+    """ip_hash sends this client's every connection to one backend: two are open on it when
+    it is drained; a new one goes to the other backend, one open one finishes normally
+    within the drain timeout, the other, still open after it, is closed."""
+    ports = free_ports(3)
+    echoes = [EchoBackend(f"b{i + 1}", port) for i, port in enumerate(ports[:2])]
+    listen = f"tcp://127.0.0.1:{ports[2]}"
+    try:
+        backends = [{"id": f"b{i + 1}", "address": e.address} for i, e in enumerate(echoes)]
+        services = {
+            "long": {
+                "strategy": "ip_hash",
+                "listen": {"n1": listen},
+                "backends": backends,
+                "drain_timeout_ms": 1500,
+            }
+        }
+        cluster = started_cluster(tmp_path, processes, 3, services=services)
+        with Client(cluster.topology, timeout=10) as client:
+            cluster.leader(client)
+            wait_until(lambda: _answers(listen), 20, "the proxy")
+            owner = exchange(listen).split(b":")[0].decode()
+            other = "b2" if owner == "b1" else "b1"
+            first, second = _open(listen), _open(listen)
+            wait_until(lambda: _active(client, owner) == 2, 5, f"two open on {owner}")
+            drained = run_ctl(cluster.topology, "backend", "drain", "long", owner, timeout=30)
+            assert drained.returncode == 0, drained.stderr
+            wait_until(lambda: _state(client, owner) == "draining", 5, f"{owner} draining")
+            assert exchange(listen).startswith(other.encode())  # new work goes elsewhere
+            first.sendall(b"finish")
+            first.shutdown(socket.SHUT_WR)
+            assert _read_all(first) == f"{owner}:open finish".encode()  # within the timeout
+            wait_until(lambda: _active(client, owner) == 0, 10, "the other one closed")
+            assert _read_all(second) == b""  # cut at the timeout, before it finished
+            first.close()
+            second.close()
+    finally:
+        for echo in echoes:
+            echo.close()
+
+
+def _open(address: str) -> socket.socket:
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    connection = socket.create_connection((host, int(port)), timeout=10)
+    connection.sendall(b"open ")
+    return connection
+
+
+def _read_all(connection: socket.socket) -> bytes:
+    answer = b""
+    try:
+        while chunk := connection.recv(65536):
+            answer += chunk
+    except ConnectionError:
+        pass
+    return answer
+
+
+def _row(client: Client, backend: str) -> dict:
+    rows = client.status("n1")["balancer"]["long"]["backends"]
+    return next(row for row in rows if row["id"] == backend)
+
+
+def _active(client: Client, backend: str) -> int:
+    return _row(client, backend)["active"]
+
+
+def _state(client: Client, backend: str) -> str:
+    return _row(client, backend)["state"]
