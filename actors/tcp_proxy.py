@@ -158,6 +158,7 @@ class TcpProxy:
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=f"caddy-proxy-{node_id}", daemon=True
         )
+        self._endpoints: dict[str, tuple[str | None, int | None]] = {}  # loop thread only
         # Open relays by (service, backend). Loop thread only.
         self._open: dict[tuple[str, str], set[_Relay]] = {}
 
@@ -211,15 +212,13 @@ class TcpProxy:
                     balancer.started(chosen.id)
             if chosen is None or relay.closed:
                 break
-            parts = urlsplit(chosen.address)
+            host, port = self._endpoint(chosen.address)
             backend = _Side(relay)
             try:
                 async with asyncio.timeout(
                     CONNECT_TIMEOUT_S
                 ):  # no task of its own, unlike wait_for
-                    await self._loop.create_connection(
-                        lambda b=backend: b, parts.hostname, parts.port
-                    )
+                    await self._loop.create_connection(lambda b=backend: b, host, port)
             except (TimeoutError, OSError):
                 with locked as balancer:
                     balancer.finished(chosen.id, time.monotonic(), ok=False)
@@ -236,6 +235,14 @@ class TcpProxy:
             relay.client.transport.resume_reading()  # type: ignore[union-attr]
             return
         relay.close()
+
+    def _endpoint(self, address: str) -> tuple[str | None, int | None]:
+        """(host, port) of a backend's tcp://HOST:PORT, parsed once."""
+        found = self._endpoints.get(address)
+        if found is None:
+            parts = urlsplit(address)
+            found = self._endpoints[address] = (parts.hostname, parts.port)
+        return found
 
     def ended(self, relay: _Relay) -> None:
         """A relay closed: its backend's statistics are told."""

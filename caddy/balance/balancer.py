@@ -190,11 +190,13 @@ class Balancer:
     def _weight_now(self, state: _State, now: float) -> float:
         weight = float(state.backend.weight)
         window = self.settings.slow_start_s
-        started = max(
-            (t for t in (state.ramp_from, self._outliers.returned_at(state.backend.id)) if t),
-            default=None,
-        )
-        if window <= 0 or started is None or now - started >= window:
+        if window <= 0:  # every pick asks: the common case first
+            return weight
+        started = state.ramp_from
+        returned = self._outliers.returned_at(state.backend.id)
+        if returned is not None and (started is None or returned > started):
+            started = returned
+        if started is None or now - started >= window:
             return weight
         return weight * max(SLOW_START_FLOOR, (now - started) / window)
 
